@@ -1,0 +1,414 @@
+"""The `fakescope` command line: a thin layer over the Python API (see fakescope/__init__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from .errors import FakescopeError
+
+DEFAULT_DATA = "../shared/data/sg-ffhq"
+
+
+def _csv_list(s: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+def _int_list(s: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in _csv_list(s))
+
+
+def _add_train(sub):
+    p = sub.add_parser(
+        "train",
+        help="train a detector (and evaluate it on the test split)",
+        description="Fine-tune an ImageNet CNN to tell real from fake faces, as in Kroiss & "
+        "Reschke (arXiv 2503.11389): Flatten head with one sigmoid unit, Adam, BCE, up to three "
+        "steps of progressive freezing. Writes a run folder (weights in safetensors, "
+        "fakescope.json, logs, split) and, when the data has a test split, evaluates on it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data",
+        default=DEFAULT_DATA,
+        help="folder with real/ and fake/ "
+        "(fake/<generator>/ for DFFD); splits.csv used when present",
+    )
+    p.add_argument("--out", default="runs/latest", help="run folder to create")
+    p.add_argument(
+        "--backbone",
+        default="resnet50",
+        help="torchvision model: resnet50, mobilenet_v2, resnet18, efficientnet_b0, ...",
+    )
+    p.add_argument(
+        "--head",
+        default="flatten",
+        choices=["flatten", "gap"],
+        help="flatten: the paper's Flatten+Dense(1); gap: global average pool first",
+    )
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet' (torchvision download, "
+        "cached in $TORCH_HOME), 'none' (random init) or a weights file path",
+    )
+    p.add_argument("--input-size", type=int, default=299)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=10, help="max epochs per step")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=2,
+        help="early stopping: epochs without val-loss improvement",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=3,
+        choices=[1, 2, 3],
+        help="training steps to run; 1 = the paper's best variant (all layers)",
+    )
+    p.add_argument(
+        "--freeze-stages",
+        type=_int_list,
+        default=(0, 3, 4),
+        help="backbone stages (of stem,stage1..stage4) frozen in steps 1,2,3",
+    )
+    p.add_argument(
+        "--exclude", type=_csv_list, default=(), help="generators to drop, e.g. faceswap,stargan"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-hflip", dest="hflip", action="store_false")
+    p.add_argument(
+        "--jpeg-prob",
+        type=float,
+        default=0.0,
+        help="probability of JPEG re-compression (both classes alike)",
+    )
+    p.add_argument("--jpeg-quality", type=_int_list, default=(60, 100), help="quality range")
+    p.add_argument("--blur-prob", type=float, default=0.0)
+    p.add_argument("--resize-prob", type=float, default=0.0)
+    p.add_argument(
+        "--faces",
+        default="never",
+        choices=["never", "auto", "always"],
+        help="crop training images through the face stage (as predict does)",
+    )
+    p.add_argument("--face-margin", type=float, default=1.3)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--max-train-batches", type=int, default=0, help="cap per epoch (smoke runs)")
+    p.add_argument(
+        "--limit-per-class",
+        type=int,
+        default=0,
+        help="use at most N images per class and split (smoke runs)",
+    )
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(a) -> int:
+    from .config import TrainConfig
+    from .training import train
+
+    keys = TrainConfig.__dataclass_fields__
+    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in keys})
+    run = train(cfg, resume=a.resume)
+    if a.no_eval:
+        return 0
+    from .data import load_samples
+
+    samples, _ = load_samples(cfg.data, seed=cfg.seed, exclude=cfg.exclude)
+    if any(s.split == "test" for s in samples):
+        return _evaluate_and_print(run, cfg.data, "test", None, cfg.batch_size, cfg.device)
+    return 0
+
+
+def _evaluate_and_print(run, data, split, out, batch_size, device, explain=0) -> int:
+    from .evaluation import evaluate, headline
+
+    m = evaluate(
+        run, data, split=split, out=out, batch_size=batch_size, device=device, explain=explain
+    )
+    out = Path(out) if out else Path(run) / f"eval-{Path(data).name}-{m['split']}"
+    print(headline(m))
+    k = m["kde"]
+    if "main_intersection" in k:
+        print(
+            f"  KDE intersection {k['main_intersection']:.4f} vs ROC threshold "
+            f"{m['threshold']:.4f} ({k['distance_to_roc_threshold']:+.4f})"
+        )
+    print(f"  report: {out / 'report.html'}   metrics: {out / 'metrics.json'}")
+    return 0
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics, plots and an HTML report for a run on a data set",
+        description="Score a data set with a trained run at its stored threshold (chosen on the "
+        "validation split during training) and write metrics.json, PNG plots and report.html.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run", help="run folder made by `fakescope train`")
+    p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument(
+        "--split",
+        choices=["test", "val", "all"],
+        default=None,
+        help="default: test when the data has splits.csv (or is the run's own data), else all",
+    )
+    p.add_argument("--out", default=None, help="default: RUN/eval-<data>-<split>")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--explain",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add Grad-CAM maps (mean over N faces per class, top mistakes)",
+    )
+    p.set_defaults(
+        func=lambda a: _evaluate_and_print(
+            a.run, a.data, a.split, a.out, a.batch_size, a.device, a.explain
+        )
+    )
+
+
+def _add_predict(sub):
+    p = sub.add_parser(
+        "predict",
+        help="score images, folders and videos",
+        description="Print one row per file (per face with --faces, per frame for videos) with "
+        "the score P(fake) and the verdict at the run's stored threshold. Bad files get an "
+        "error row and the rest go on; exit status 1 when any file failed.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run")
+    p.add_argument("paths", nargs="+", help="images, videos or folders (searched recursively)")
+    p.add_argument("--csv", help="also write rows to this CSV file (written as it goes)")
+    p.add_argument("--json", help="also write rows to this JSON file")
+    p.add_argument(
+        "--faces",
+        default="never",
+        choices=["auto", "always", "never"],
+        help="auto: detect faces unless the image is already a face crop",
+    )
+    p.add_argument("--frames", type=int, default=16, help="frames sampled per video")
+    p.add_argument("--threshold", type=float, default=None, help="override the stored one")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--explain", action="store_true", help="write Grad-CAM overlays next to the results"
+    )
+    p.add_argument("--quiet", action="store_true", help="no table on stdout")
+    p.set_defaults(func=cmd_predict)
+
+
+COLUMNS = [
+    "path",
+    "kind",
+    "frame",
+    "face",
+    "box",
+    "face_confidence",
+    "score",
+    "verdict",
+    "error",
+    "explanation",
+]
+
+
+def cmd_predict(a) -> int:
+    from .inference import Predictor
+    from .runs import write_json
+
+    pred = Predictor(
+        a.run,
+        device=a.device,
+        batch_size=a.batch_size,
+        faces=a.faces,
+        frames=a.frames,
+        threshold=a.threshold,
+    )
+    explain_dir = None
+    if a.explain:
+        base = Path(a.csv or a.json or "predictions").with_suffix("")
+        explain_dir = Path(f"{base}-explanations")
+    rows, failed = [], 0
+    csv_fh = open(a.csv, "w", newline="") if a.csv else None  # noqa: SIM115
+    writer = csv.DictWriter(csv_fh, COLUMNS, extrasaction="ignore") if csv_fh else None
+    if writer:
+        writer.writeheader()
+    if not a.quiet:
+        print(f"{'verdict':8} {'score':>8}  path")
+    try:
+        for row in pred.predict(a.paths, explain_dir=explain_dir):
+            d = row.as_dict()
+            rows.append(d)
+            failed += d["error"] is not None and d["kind"] != "face"
+            if writer:
+                writer.writerow(d)
+                csv_fh.flush()
+            if not a.quiet:
+                print(_format_row(d), flush=True)
+            if a.json and len(rows) % 50 == 0:
+                write_json(Path(a.json), rows)
+    finally:
+        if csv_fh:
+            csv_fh.close()
+        if a.json:
+            write_json(Path(a.json), rows)
+    n_files = len({r["path"] for r in rows})
+    print(f"{n_files} file(s), {failed} failed; threshold {pred.threshold:.4f}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _format_row(d: dict) -> str:
+    if d["error"]:
+        return f"{'ERROR':8} {'':>8}  {d['error']}"
+    where = d["path"]
+    if d["kind"] == "frame":
+        where += f" [frame {d['frame']}" + (
+            f", face {d['face']}]" if d["face"] is not None else "]"
+        )
+    elif d["face"] is not None:
+        where += f" [face {d['face']} at {d['box']}, conf {d['face_confidence']}]"
+    elif d["kind"] == "video":
+        where += f" [video, {d.get('frames_scored')} frames]"
+    return f"{d['verdict']:8} {d['score']:8.4f}  {where}"
+
+
+def _add_bench(sub):
+    p = sub.add_parser(
+        "bench",
+        help="training and inference speed against the fp32 eager baseline",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--input-size", type=int, default=299)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--iters", type=int, default=3, help="timed batches per measurement")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(a) -> int:
+    from .bench import run_bench
+
+    run_bench(a.backbone, a.input_size, a.batch_size, a.iters, a.device)
+    return 0
+
+
+def _add_explain(sub):
+    p = sub.add_parser(
+        "explain",
+        help="Grad-CAM heatmaps of what drives each verdict",
+        description="Write a Grad-CAM overlay per image (per face with --faces) into --out: red "
+        "regions push the score toward the verdict the model gave.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--out", required=True, help="folder for the overlays")
+    p.add_argument("--faces", default="auto", choices=["auto", "always", "never"])
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_explain)
+
+
+def cmd_explain(a) -> int:
+    from .inference import Predictor
+
+    pred = Predictor(a.run, device=a.device, faces=a.faces)
+    failed = 0
+    for row in pred.predict(a.paths, explain_dir=Path(a.out)):
+        d = row.as_dict()
+        failed += d["error"] is not None
+        print(_format_row(d) + (f"  -> {d['explanation']}" if d["explanation"] else ""))
+    return 1 if failed else 0
+
+
+def _add_faces(sub):
+    p = sub.add_parser("faces", help="face tools: extract crops for training")
+    fsub = p.add_subparsers(dest="faces_command", required=True, metavar="SUBCOMMAND")
+    e = fsub.add_parser(
+        "extract",
+        help="turn photos/videos into a real/ fake/ folder of face crops",
+        description="Detect every face (MTCNN) in the images and sampled video frames under SRC "
+        "and save square crops into DST/real or DST/fake[/GENERATOR], with DST/manifest.csv "
+        "saying where each crop came from (file, frame, box). The label is read from a real/ or "
+        "fake/ folder under SRC, or given with --label.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    e.add_argument("src")
+    e.add_argument("dst")
+    e.add_argument("--label", choices=["real", "fake"], default=None)
+    e.add_argument("--generator", default=None, help="put fakes under fake/GENERATOR/")
+    e.add_argument("--margin", type=float, default=1.3, help="crop side / face box side")
+    e.add_argument("--align", action="store_true", help="rotate so the eyes are level")
+    e.add_argument("--frames", type=int, default=16, help="frames sampled per video")
+    e.add_argument("--max-faces", type=int, default=10, help="per image or frame")
+    e.set_defaults(func=cmd_faces_extract)
+
+
+def cmd_faces_extract(a) -> int:
+    from .extract import extract_faces
+
+    r = extract_faces(
+        a.src,
+        a.dst,
+        label=a.label,
+        generator=a.generator,
+        margin=a.margin,
+        align=a.align,
+        frames=a.frames,
+        max_faces=a.max_faces,
+    )
+    for err in r["errors"]:
+        print(f"  {err}", file=sys.stderr)
+    print(
+        f"{r['files']} file(s): {r['crops']} face crop(s) written, {r['no_face']} without a "
+        f"face, {r['failed']} failed; manifest {r['manifest']}"
+    )
+    return 1 if r["failed"] else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fakescope",
+        description="Deepfake detection of face images with a fine-tuned CNN. "
+        "Start with `fakescope train --help` or `fakescope predict --help`.",
+    )
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_evaluate, _add_predict, _add_explain, _add_faces, _add_bench):
+        add(sub)
+    return p
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"fakescope {__version__}"
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FakescopeError as e:
+        print(f"fakescope: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fakescope: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""One typed configuration object for training; it is stored verbatim in the run's JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class TrainConfig:
+    data: str = "../shared/data/sg-ffhq"
+    out: str = "runs/latest"
+    backbone: str = "resnet50"
+    head: str = "flatten"  # "flatten" (the paper's) or "gap"
+    weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
+    input_size: int = 299
+    # Training (paper: Adam, lr 0.001, binary cross-entropy)
+    lr: float = 1e-3
+    batch_size: int = 16
+    epochs: int = 10  # per step, upper bound; early stopping usually ends sooner
+    patience: int = 2  # epochs without a validation-loss improvement before a step stops
+    steps: int = 3  # how many of the three steps to run; the paper found step 1 alone best
+    # Backbone stages frozen in steps 1, 2, 3 (stages: stem, stage1..stage4; see model.py)
+    freeze_stages: tuple[int, ...] = (0, 3, 4)
+    exclude: tuple[
+        str, ...
+    ] = ()  # generator names dropped from the data (paper: faceswap, stargan)
+    seed: int = 0
+    # Forensic augmentations, applied to both classes alike
+    hflip: bool = True
+    jpeg_prob: float = 0.0  # probability of re-compressing a training image as JPEG
+    jpeg_quality: tuple[int, int] = (60, 100)
+    blur_prob: float = 0.0
+    resize_prob: float = 0.0  # random down-and-up resize (0.5x to 1x)
+    # Face stage used on the training data ("never" trains on the images as they are)
+    faces: str = "never"
+    face_margin: float = 1.3
+    # Machine
+    device: str = "auto"
+    workers: int = 0
+    max_train_batches: int = 0  # >0 caps batches per epoch (smoke tests)
+    limit_per_class: int = 0  # >0 caps images per class and split (smoke tests)
+    tensorboard: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        for k in ("freeze_stages", "exclude", "jpeg_quality"):
+            if k in kw and kw[k] is not None:
+                kw[k] = tuple(kw[k])
+        return cls(**kw)

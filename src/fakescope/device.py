@@ -1,0 +1,70 @@
+"""Device choice and its fast paths: bf16 and channels_last on CPUs, mixed precision on CUDA."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+
+def cpu_has_bf16() -> bool:
+    # AVX-512 bf16 or AMX make bf16 autocast several times faster than fp32; without them it is
+    # emulated and slower, so it stays off.
+    cpu = getattr(torch._C, "_cpu", None)
+    if cpu is None:
+        return False
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(cpu, probe, None)
+        if fn is not None and fn():
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype, None for plain fp32
+    channels_last: bool
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def describe(self) -> str:
+        amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
+        return f"{self.device.type} ({amp}{', channels_last' if self.channels_last else ''})"
+
+
+def select_runtime(name: str = "auto", fast: bool = True) -> Runtime:
+    """Pick the device: CUDA, then Apple MPS, then CPU; ``fast=False`` gives the fp32 baseline."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    device = torch.device(name)
+    if not fast:
+        return Runtime(device, None, False)
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        return Runtime(device, torch.bfloat16 if bf16 else torch.float16, True)
+    if device.type == "cpu":
+        # channels_last alone doubles oneDNN convolution throughput in fp32 as well
+        return Runtime(device, torch.bfloat16 if cpu_has_bf16() else None, True)
+    return Runtime(device, None, False)

@@ -1,0 +1,170 @@
+"""Evaluation of a run on a data set: metrics, threshold stability, KDE analysis, plots, report.
+
+The stored threshold (chosen on the validation split during training) is used as it is; nothing
+here tunes on the split it reports.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import data as D
+from . import metrics as M
+from . import plots
+from .errors import FakescopeError
+from .runs import Run, load_run, write_json
+
+
+def _samples_for(run: Run, data: Path, split: str | None):
+    """Samples of ``data`` for ``split``; the split comes from the data's splits.csv, else from
+    the run's own split.csv when the run was trained on this very folder."""
+    have_csv = (data / "splits.csv").exists()
+    same_data = Path(run.meta["data"]["root"]).resolve() == data.resolve()
+    if split is None:
+        split = "test" if (have_csv or same_data) else "all"
+    if split == "all":
+        return D.all_as(data), split
+    if have_csv:
+        samples = D.read_splits(data / "splits.csv")
+    elif same_data:
+        samples = D.read_splits(run.path / "split.csv")
+    else:
+        raise FakescopeError(
+            f"{data}: no splits.csv, so --split {split} is undefined; use --split all"
+        )
+    exclude = {e.lower() for e in run.meta["train"].get("exclude", [])} if same_data else set()
+    chosen = [
+        s for s in samples if s.split == split and not (s.label and s.source.lower() in exclude)
+    ]
+    return chosen, split
+
+
+def per_source(samples, y, s, threshold) -> dict:
+    """Each generator's fakes against all reals: does the detector catch every generator?"""
+    sources = sorted({x.source for x in samples if x.label == 1})
+    if len(sources) < 2:
+        return {}
+    real = np.array([x.label == 0 for x in samples])
+    out = {}
+    for src in sources:
+        m = real | np.array([x.label == 1 and x.source == src for x in samples])
+        fake = np.array([x.source == src and x.label == 1 for x in samples])
+        out[src] = {
+            "n": int(fake.sum()),
+            "auc": M.threshold_free(y[m], s[m])["auc"],
+            "recall": float((s[fake] >= threshold).mean()),
+        }
+    return out
+
+
+def evaluate(
+    run,
+    data,
+    split: str | None = None,
+    out=None,
+    batch_size: int = 32,
+    device: str = "auto",
+    faces: str | None = None,
+    explain: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Score ``data`` with ``run`` and write metrics.json, plots and report.html into ``out``
+    (default RUN/eval-<data>-<split>). ``explain`` > 0 adds Grad-CAM maps of that many faces per
+    class to the report. Returns the metrics dict."""
+    from .inference import Predictor
+    from .training import make_loader, score_loader
+
+    run = run if isinstance(run, Run) else load_run(run)
+    data = Path(data)
+    samples, split = _samples_for(run, data, split)
+    if not samples or len({s.label for s in samples}) < 2:
+        raise FakescopeError(f"{data}: split {split!r} needs images of both classes")
+    out = Path(out) if out else run.path / f"eval-{data.name}-{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    faces = faces or run.meta.get("faces", {}).get("mode", "never")
+    predictor = Predictor(run, device=device, batch_size=batch_size, progress=progress)
+    prepare = None
+    if faces != "never":
+        from .faces import FaceCropper
+
+        prepare = FaceCropper(
+            mode=faces, margin=run.meta.get("faces", {}).get("margin", 1.3)
+        ).training_crop
+    ds = D.ImageDataset(
+        data, samples, run.input_size, None, prepare=prepare, mean=run.mean, std=run.std
+    )
+    s, y, loss = score_loader(
+        predictor.model,
+        make_loader(ds, batch_size, False, 0),
+        predictor.runtime,
+        f"scoring {split}",
+        progress,
+    )
+    thr = run.threshold
+    result = M.summarize(y, s, thr)
+    kde = M.kde_analysis(y, s, roc_threshold=thr)
+    sweep = M.sweep(y, s)
+    within = [r for r in sweep if abs(r["threshold"] - thr) <= 0.1 + 1e-9]
+    result.update(
+        {
+            "data": str(data),
+            "split": split,
+            "faces": faces,
+            "loss": loss,
+            "threshold_source": {k: run.meta["threshold"][k] for k in ("criterion", "computed_on")},
+            "stored_thresholds": {k: run.meta["threshold"][k] for k in ("youden", "f1")},
+            "at_f1_threshold": M.at_threshold(y, s, run.meta["threshold"]["f1"]),
+            # what the threshold would have been on this split: for comparison only, never used
+            "ideal_on_this_split": M.ideal_thresholds(y, s),
+            "sweep": sweep,
+            "stability_within_0.1": {
+                k: {"min": min(r[k] for r in within), "max": max(r[k] for r in within)}
+                for k in ("accuracy", "precision", "recall", "f1")
+            }
+            if within
+            else {},
+            "kde": {k: v for k, v in kde.items() if k not in ("grid", "real", "fake")},
+            "per_source": per_source(samples, y, s, thr),
+        }
+    )
+    figures = {
+        "ROC": plots.roc(y, s, thr, out / "roc.png"),
+        "Precision-recall": plots.precision_recall(y, s, out / "pr.png"),
+        "Score densities (KDE)": plots.kde(kde, thr, out / "kde.png"),
+        "Threshold sweep": plots.threshold_sweep(sweep, thr, out / "threshold_sweep.png"),
+        "Confusion matrix": plots.confusion(result["confusion"], thr, out / "confusion.png"),
+    }
+    curves = plots.training_curves(run.path / "log.csv", out / "training_curves.png")
+    if curves:
+        figures["Training curves"] = curves
+    if explain:
+        from .explain import explanation_figures
+
+        expl = explanation_figures(predictor, ds, y, s, out, per_class=explain)
+        figures.update(expl["figures"])
+        result["explanations"] = expl["summary"]
+    write_json(out / "metrics.json", result)
+    with open(out / "scores.csv", "w") as fh:
+        fh.write("path,label,score\n")
+        for smp, sc in zip(samples, s, strict=True):
+            fh.write(f"{smp.path},{'fake' if smp.label else 'real'},{sc:.6f}\n")
+    from .report import write_report
+
+    write_report(out / "report.html", run, result, figures)
+    return result
+
+
+def headline(m: dict) -> str:
+    keys = ("auc", "ap", "precision", "recall", "f1", "accuracy", "eer")
+    vals = "  ".join(f"{k.upper() if len(k) <= 3 else k} {m[k]:.4f}" for k in keys)
+    return (
+        f"{m['split']} split of {m['data']} ({m['n_real']} real, {m['n_fake']} fake) at "
+        f"threshold {m['threshold']:.4f}:\n  {vals}"
+    )
+
+
+def load_metrics(path) -> dict:
+    return json.loads(Path(path).read_text())

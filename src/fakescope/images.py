@@ -1,0 +1,94 @@
+"""Reading one image file safely: every way a file can be bad becomes a BadInput saying why."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import BadInput
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+# A 12k x 12k photo is fine; beyond this a file is more likely a decompression bomb than a photo.
+MAX_PIXELS = 200_000_000
+# Huge JPEGs are decoded at reduced scale straight away (PIL's draft mode) to save memory.
+DRAFT_SIDE = 2048
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open ``path`` as an 8-bit RGB image, upright per its EXIF orientation."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(f"{path}: no such file")
+    if path.is_dir():
+        raise BadInput(f"{path}: is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise BadInput(f"{path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+            if im.width * im.height > MAX_PIXELS:
+                raise BadInput(
+                    f"{path}: image too large ({im.width}x{im.height} pixels, limit {MAX_PIXELS:,})"
+                )
+            if im.format == "JPEG" and max(im.size) > DRAFT_SIDE:
+                im.draft("RGB", (DRAFT_SIDE, DRAFT_SIDE))
+            im.load()
+    except BadInput:
+        raise
+    except UnidentifiedImageError:
+        raise BadInput(f"{path}: not an image, or a format Pillow cannot read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadInput(f"{path}: image too large ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadInput(f"{path}: corrupt or truncated image ({e})") from None
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # a broken EXIF block should not cost the image itself
+        pass
+    return to_rgb(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB: 16-bit is rescaled, transparency composited on white."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+        return Image.fromarray(a.astype(np.uint8)).convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, im).convert("RGB")
+    return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, P
+
+
+def list_files(paths) -> list[Path]:
+    """Expand files and folders (recursively, hidden files skipped). Every file found is kept,
+    whatever its extension, so that a bad one is reported rather than silently passed over."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(
+                sorted(
+                    f
+                    for f in p.rglob("*")
+                    if f.is_file()
+                    and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                )
+            )
+        else:
+            out.append(p)
+    return out
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTS

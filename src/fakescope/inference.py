@@ -1,0 +1,201 @@
+"""Scoring files with a trained run: images, folders and videos, optionally through the face stage.
+
+Every input file yields one or more rows (one per face when faces are on, plus per-frame rows for
+videos). A file that cannot be used yields one row with ``error`` set; the batch goes on.
+
+Video rule: each sampled frame is scored by its most suspicious face (max over faces); the video
+score is the mean of the top half of those frame scores (top-k mean, k = ceil(frames / 2)), so a
+swap visible in part of the clip is not averaged away by frames where the face is turned away.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import to_tensor
+from .device import select_runtime
+from .errors import BadInput, FakescopeError
+from .images import is_video, list_files, load_rgb
+from .runs import Run, load_run
+
+FACE_MODES = ("auto", "always", "never")
+
+
+@dataclass
+class Row:
+    path: str
+    score: float | None = None
+    verdict: str | None = None  # "fake" | "real" | None when the file failed
+    error: str | None = None
+    face: int | None = None  # index of the face in the image/frame
+    box: tuple[int, int, int, int] | None = None
+    face_confidence: float | None = None
+    frame: int | None = None  # frame index for video rows
+    kind: str = "image"  # image | face | frame | video
+    explanation: str | None = None  # path of a Grad-CAM overlay
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        d.update(self.extra)
+        return d
+
+
+@dataclass
+class _Unit:
+    """One image the model will see, and the row it fills in."""
+
+    image: object  # PIL image at any size
+    row: Row
+
+
+def video_score(frame_scores: list[float]) -> float:
+    top = sorted(frame_scores, reverse=True)[: max(1, math.ceil(len(frame_scores) / 2))]
+    return float(np.mean(top))
+
+
+class Predictor:
+    def __init__(
+        self,
+        run: str | Path | Run,
+        device="auto",
+        batch_size=16,
+        faces="never",
+        face_margin: float | None = None,
+        frames=16,
+        threshold: float | None = None,
+        progress=True,
+    ):
+        self.run = run if isinstance(run, Run) else load_run(run)
+        if faces not in FACE_MODES:
+            raise FakescopeError(f"--faces must be one of {', '.join(FACE_MODES)}")
+        self.runtime = select_runtime(device)
+        self.model = self.runtime.prepare(self.run.model).eval()
+        self.batch_size, self.frames, self.progress = batch_size, frames, progress
+        self.threshold = self.run.threshold if threshold is None else float(threshold)
+        self.faces = faces
+        margin = face_margin or self.run.meta.get("faces", {}).get("margin", 1.3)
+        self._cropper = None
+        if faces != "never":
+            from .faces import FaceCropper
+
+            self._cropper = FaceCropper(mode=faces, margin=margin)
+
+    # ------------------------------------------------------------------ scoring
+    def tensors(self, images) -> torch.Tensor:
+        r = self.run
+        return torch.stack([to_tensor(im, r.input_size, r.mean, r.std) for im in images])
+
+    @torch.no_grad()
+    def score_images(self, images) -> np.ndarray:
+        """P(fake) for PIL images, taken as they are (no face stage)."""
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            x = self.runtime.batch(self.tensors(images[i : i + self.batch_size]))
+            with self.runtime.autocast():
+                out.append(torch.sigmoid(self.model(x).float()).squeeze(1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def verdict(self, score: float) -> str:
+        return "fake" if score >= self.threshold else "real"
+
+    # ------------------------------------------------------------------ files
+    def _image_units(self, im, path: str, frame: int | None = None) -> list[_Unit]:
+        kind = "frame" if frame is not None else "image"
+        if self._cropper is None:
+            return [_Unit(im, Row(path, frame=frame, kind=kind))]
+        units = []
+        for i, (face, crop) in enumerate(self._cropper.crops(im)):
+            row = Row(path, face=i, frame=frame, kind="face" if frame is None else "frame")
+            if face is not None:
+                row.box = tuple(int(round(v)) for v in face.box)
+                row.face_confidence = round(float(face.confidence), 4)
+            units.append(_Unit(crop, row))
+        return units
+
+    def _file_units(self, path: Path) -> tuple[list[_Unit], list[Row]]:
+        """Units to score and rows that are already final (errors, no-face notes)."""
+        p = str(path)
+        if is_video(path):
+            from .video import sample_frames
+
+            units = []
+            for idx, _t, frame in sample_frames(path, self.frames):
+                units += self._image_units(frame, p, frame=idx)
+            if not units:
+                raise BadInput(f"{p}: no face found in {self.frames} sampled frames")
+            return units, []
+        im = load_rgb(path)
+        units = self._image_units(im, p)
+        if not units:
+            return [], [
+                Row(
+                    p,
+                    error=f"{p}: no face found (use --faces never to score the whole image)",
+                    kind="image",
+                )
+            ]
+        return units, []
+
+    def predict(self, paths, explain_dir: str | Path | None = None):
+        """Yield rows, file by file, in input order. Folders are searched recursively."""
+        files = list_files(paths)
+        if not files:
+            raise FakescopeError("no input files found")
+        chunk = max(1, self.batch_size)
+        bar = tqdm(total=len(files), desc="predicting", unit="file", disable=not self.progress)
+        for start in range(0, len(files), chunk):
+            group = files[start : start + chunk]
+            per_file: list[tuple[Path, list[_Unit], list[Row]]] = []
+            for f in group:
+                try:
+                    units, rows = self._file_units(f)
+                except BadInput as e:
+                    units, rows = [], [Row(str(f), error=str(e))]
+                except Exception as e:  # last resort: one odd file must not end the batch
+                    units, rows = [], [Row(str(f), error=f"{f}: {type(e).__name__}: {e}")]
+                per_file.append((f, units, rows))
+            all_units = [u for _, units, _ in per_file for u in units]
+            scores = self.score_images([u.image for u in all_units])
+            for u, s in zip(all_units, scores, strict=True):
+                u.row.score = round(float(s), 6)
+                u.row.verdict = self.verdict(float(s))
+            if explain_dir is not None and all_units:
+                from .explain import write_overlays
+
+                write_overlays(self, all_units, Path(explain_dir))
+            for f, units, rows in per_file:
+                yield from rows
+                yield from self._summarise(f, units)
+            bar.update(len(group))
+        bar.close()
+
+    def _summarise(self, f: Path, units: list[_Unit]):
+        rows = [u.row for u in units]
+        if not is_video(f) or not rows:
+            yield from rows
+            return
+        by_frame: dict[int, float] = {}
+        for r in rows:
+            by_frame[r.frame] = max(by_frame.get(r.frame, 0.0), r.score)
+        score = video_score(list(by_frame.values()))
+        yield Row(
+            str(f),
+            score=round(score, 6),
+            verdict=self.verdict(score),
+            kind="video",
+            extra={"frames_scored": len(by_frame)},
+        )
+        yield from rows
+
+
+def predict(run, paths, **kw) -> list[dict]:
+    """Convenience for notebooks: all rows as dicts."""
+    explain_dir = kw.pop("explain_dir", None)
+    return [r.as_dict() for r in Predictor(run, **kw).predict(paths, explain_dir=explain_dir)]

@@ -1,0 +1,304 @@
+"""Training: the paper's schedule of up to three steps with progressive freezing.
+
+Step k freezes the first ``freeze_stages[k]`` of the backbone's five stages (stem, stage1..4) and
+trains the rest with Adam and binary cross-entropy; each step early-stops on validation loss and
+keeps its best weights, which the next step starts from. Defaults: step 1 freezes nothing (the
+whole network is fine-tuned, the variant the paper found best), step 2 freezes stem..stage2,
+step 3 freezes stem..stage3 (only the last stage and the head train).
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import data as D
+from . import metrics as M
+from .config import TrainConfig
+from .device import select_runtime
+from .errors import FakescopeError
+from .model import Detector
+from .runs import (
+    META,
+    WEIGHTS,
+    load_resume,
+    read_resume_state,
+    save_resume,
+    save_weights,
+    versions,
+    write_json,
+)
+
+LOG_FIELDS = [
+    "step",
+    "epoch",
+    "frozen_stages",
+    "train_loss",
+    "val_loss",
+    "val_auc",
+    "val_acc",
+    "lr",
+    "images_per_s",
+    "seconds",
+]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _limit(samples, n):
+    if not n:
+        return samples
+    kept, seen = [], {}
+    for s in samples:
+        k = (s.split, s.label)
+        if seen.get(k, 0) < n:
+            kept.append(s)
+            seen[k] = seen.get(k, 0) + 1
+    return kept
+
+
+def make_loader(dataset, batch_size, shuffle, workers, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=g,
+        persistent_workers=workers > 0,
+    )
+
+
+@torch.no_grad()
+def score_loader(model, loader, runtime, desc="scoring", progress=True):
+    """Probabilities, labels and mean BCE loss of a model over a loader."""
+    model.eval()
+    scores, labels, loss_sum = [], [], 0.0
+    bce = nn.BCEWithLogitsLoss(reduction="sum")
+    for x, y, _ in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+        with runtime.autocast():
+            logit = model(runtime.batch(x)).float().squeeze(1)
+        y = y.float().to(logit.device)
+        loss_sum += float(bce(logit, y))
+        scores.append(torch.sigmoid(logit).cpu())
+        labels.append(y.cpu())
+    s, y = torch.cat(scores).numpy(), torch.cat(labels).numpy().astype(int)
+    return s, y, loss_sum / max(len(y), 1)
+
+
+def _prepare_fn(cfg: TrainConfig):
+    if cfg.faces == "never":
+        return None
+    from .faces import FaceCropper
+
+    return FaceCropper(mode=cfg.faces, margin=cfg.face_margin).training_crop
+
+
+def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path:
+    """Train a detector as ``cfg`` says; returns the run folder."""
+    if not 1 <= cfg.steps <= 3:
+        raise FakescopeError("--steps must be 1, 2 or 3")
+    if len(cfg.freeze_stages) < cfg.steps:
+        raise FakescopeError(f"--freeze-stages needs one value per step ({cfg.steps})")
+    out = Path(cfg.out)
+    if (out / META).exists() and not resume:
+        raise FakescopeError(f"{out}: a finished run is already there; pick another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    runtime = select_runtime(cfg.device)
+    samples, origin = D.load_samples(cfg.data, seed=cfg.seed, exclude=cfg.exclude)
+    samples = _limit(samples, cfg.limit_per_class)
+    D.write_splits(samples, out / "split.csv")
+    train_s = [s for s in samples if s.split == "train"]
+    val_s = [s for s in samples if s.split == "val"]
+    if not train_s or not val_s or len({s.label for s in val_s}) < 2:
+        raise FakescopeError(f"{cfg.data}: need train and val images of both classes")
+
+    model = Detector(cfg.backbone, cfg.head, cfg.input_size, cfg.weights)
+    model = runtime.prepare(model)
+    prepare = _prepare_fn(cfg)
+    aug = D.Augment(
+        cfg.hflip, cfg.jpeg_prob, tuple(cfg.jpeg_quality), cfg.blur_prob, cfg.resize_prob
+    )
+    train_ds = D.ImageDataset(cfg.data, train_s, cfg.input_size, aug, cfg.seed, prepare)
+    val_ds = D.ImageDataset(cfg.data, val_s, cfg.input_size, None, cfg.seed, prepare)
+    val_loader = make_loader(val_ds, cfg.batch_size, False, cfg.workers)
+    bce = nn.BCEWithLogitsLoss()
+
+    tb = None
+    if cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb = SummaryWriter(str(out / "tb"))
+    log_path = out / "log.csv"
+    resume_dir = out / "resume"
+    state = {
+        "step": 0,
+        "epoch": 0,
+        "best_loss": float("inf"),
+        "bad_epochs": 0,
+        "global": 0,
+        "summaries": [],
+    }
+    if resume:
+        saved = read_resume_state(resume_dir)
+        if saved is None:
+            raise FakescopeError(f"{out}: nothing to resume (no {resume_dir}/state.json)")
+        state = saved
+        load_resume(resume_dir, model)  # optimizer state is restored in its own step below
+        print(f"fakescope: resuming at step {state['step'] + 1}, epoch {state['epoch'] + 1}")
+    elif log_path.exists():
+        log_path.unlink()
+    if not log_path.exists():
+        with open(log_path, "w", newline="") as fh:
+            csv.writer(fh).writerow(LOG_FIELDS)
+
+    print(
+        f"fakescope: training {cfg.backbone}/{cfg.head} at {cfg.input_size}px on "
+        f"{len(train_s)} train / {len(val_s)} val images ({origin}); device {runtime.describe()}; "
+        f"trainable parameters in the head: {model.head_parameters():,}"
+    )
+    for step in range(state["step"], cfg.steps):
+        model.freeze(cfg.freeze_stages[step])
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+        if resume and state["epoch"] > 0:
+            load_resume(resume_dir, model, opt)
+        best_file = resume_dir / f"best_step{step + 1}.safetensors"
+        resume_dir.mkdir(exist_ok=True)
+        while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+            epoch = state["epoch"]
+            train_ds.epoch = epoch + 100 * step
+            loader = make_loader(
+                train_ds, cfg.batch_size, True, cfg.workers, seed=cfg.seed + epoch + 100 * step
+            )
+            model.train()
+            n_batches = (
+                len(loader)
+                if not cfg.max_train_batches
+                else min(len(loader), cfg.max_train_batches)
+            )
+            t0, seen, loss_sum = time.time(), 0, 0.0
+            bar = tqdm(
+                total=n_batches,
+                desc=f"step {step + 1} epoch {epoch + 1}",
+                disable=not progress,
+                unit="batch",
+            )
+            for b, (x, y, _) in enumerate(loader):
+                if b >= n_batches:
+                    break
+                x, y = runtime.batch(x), y.float().to(runtime.device)
+                with runtime.autocast():
+                    logit = model(x).float().squeeze(1)
+                loss = bce(logit, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                seen += len(y)
+                loss_sum += float(loss) * len(y)
+                ips = seen / max(time.time() - t0, 1e-9)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{ips:.1f}")
+                bar.update(1)
+            bar.close()
+            train_loss = loss_sum / max(seen, 1)
+            s, yv, val_loss = score_loader(model, val_loader, runtime, "validating", progress)
+            free = M.threshold_free(yv, s)
+            acc = M.at_threshold(yv, s, 0.5)["accuracy"]
+            secs = time.time() - t0
+            row = [
+                step + 1,
+                epoch + 1,
+                cfg.freeze_stages[step],
+                f"{train_loss:.5f}",
+                f"{val_loss:.5f}",
+                f"{free['auc']:.5f}",
+                f"{acc:.5f}",
+                cfg.lr,
+                f"{seen / secs:.2f}",
+                f"{secs:.1f}",
+            ]
+            with open(log_path, "a", newline="") as fh:
+                csv.writer(fh).writerow(row)
+            if tb is not None:
+                g = state["global"]
+                tb.add_scalar("loss/train", train_loss, g)
+                tb.add_scalar("loss/val", val_loss, g)
+                tb.add_scalar("val/auc", free["auc"], g)
+                tb.add_scalar("val/accuracy", acc, g)
+            improved = val_loss < state["best_loss"]
+            print(
+                f"  step {step + 1} epoch {epoch + 1}: train loss {train_loss:.4f}, val loss "
+                f"{val_loss:.4f}, val AUC {free['auc']:.4f}, val acc {acc:.4f}"
+                f"{'  (best)' if improved else ''}"
+            )
+            if improved:
+                state["best_loss"], state["bad_epochs"] = val_loss, 0
+                save_weights(model, best_file)
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] += 1
+            state["global"] += 1
+            save_resume(resume_dir, model, opt, dict(state))
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(best_file)))
+        state["summaries"].append(
+            {
+                "step": step + 1,
+                "frozen_stages": cfg.freeze_stages[step],
+                "epochs": state["epoch"],
+                "best_val_loss": state["best_loss"],
+            }
+        )
+        state.update(step=step + 1, epoch=0, best_loss=float("inf"), bad_epochs=0)
+        save_resume(resume_dir, model, opt, dict(state))
+    if tb is not None:
+        tb.close()
+
+    # Calibrate on the validation split only; the test split is never looked at here.
+    s, yv, _ = score_loader(model, val_loader, runtime, "calibrating", progress)
+    thr = M.ideal_thresholds(yv, s)
+    model.freeze(0)
+    save_weights(model, out / WEIGHTS)
+    meta = {
+        "format": 1,
+        "model": {
+            "backbone": cfg.backbone,
+            "head": cfg.head,
+            "input_size": cfg.input_size,
+            "mean": list(D.IMAGENET_MEAN),
+            "std": list(D.IMAGENET_STD),
+            "feature_shape": list(model.feature_shape),
+            "head_parameters": model.head_parameters(),
+            "output": "one logit; sigmoid gives P(fake)",
+        },
+        "threshold": {
+            "value": thr["youden"],
+            "criterion": "youden",
+            **thr,
+            "computed_on": "val",
+            "n_val": int(len(yv)),
+        },
+        "faces": {"mode": cfg.faces, "margin": cfg.face_margin},
+        "train": cfg.to_dict(),
+        "steps": state["summaries"],
+        "data": {**D.fingerprint(cfg.data, samples), "split_origin": origin},
+        "runtime": runtime.describe(),
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(out / META, meta)
+    print(f"fakescope: run saved to {out} (threshold {thr['youden']:.4f}, Youden's J on val)")
+    return out

@@ -1,0 +1,73 @@
+"""Shared fixtures: the sample data in ../shared (read in place), a TORCH_HOME seeded with the
+MobileNetV2 ImageNet file so torchvision's real loading path works offline, and one small
+trained run that the end-to-end tests share."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FAKESCOPE_SHARED", ROOT.parent / "shared"))
+DATA = SHARED / "data"
+SG = DATA / "sg-ffhq"
+LFW = DATA / "lfw-faceswap"
+MOBILENET_FILE = SHARED / "weights" / "mobilenet_v2-b0353104.pth"
+
+
+def pytest_configure(config):
+    if not SG.is_dir():
+        raise pytest.UsageError(f"sample data not found at {SG}; set FAKESCOPE_SHARED")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def torch_home(tmp_path_factory):
+    """A private TORCH_HOME holding only the ImageNet file ../shared provides."""
+    home = tmp_path_factory.mktemp("torch_home")
+    ckpt = home / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    shutil.copy(MOBILENET_FILE, ckpt / MOBILENET_FILE.name)
+    old = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(home)
+    import torch
+
+    torch.hub.set_dir(str(home / "hub"))
+    yield home
+    if old is None:
+        os.environ.pop("TORCH_HOME", None)
+    else:
+        os.environ["TORCH_HOME"] = old
+
+
+def sg_images(label: str, split: str = "test", n: int = 4) -> list[Path]:
+    rows = [line.split(",") for line in (SG / "splits.csv").read_text().splitlines()[1:]]
+    return [SG / p for p, lab, sp in rows if lab == label and sp.strip() == split][:n]
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory, torch_home):
+    """mobilenet_v2 from ImageNet weights, fine-tuned briefly at 160 px on a slice of sg-ffhq,
+    two steps (the second with frozen stages) so the whole schedule runs. Weak but real."""
+    from fakescope.config import TrainConfig
+    from fakescope.training import train
+
+    out = tmp_path_factory.mktemp("runs") / "small"
+    cfg = TrainConfig(
+        data=str(SG),
+        out=str(out),
+        backbone="mobilenet_v2",
+        weights="imagenet",
+        input_size=160,
+        lr=1e-4,
+        batch_size=16,
+        epochs=1,
+        steps=2,
+        limit_per_class=48,
+        jpeg_prob=0.3,
+        tensorboard=True,
+    )
+    train(cfg, progress=False)
+    return out

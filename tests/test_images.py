@@ -1,0 +1,82 @@
+"""Every kind of awkward image file: handled correctly or a BadInput naming file and problem."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fakescope.errors import BadInput
+from fakescope.images import list_files, load_rgb
+
+from .conftest import sg_images
+
+
+@pytest.fixture
+def face():
+    return Image.open(sg_images("real", n=1)[0]).convert("RGB")
+
+
+def test_modes_become_rgb(tmp_path, face):
+    face.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    face.convert("L").save(tmp_path / "grey.png")
+    rgba = face.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(tmp_path / "rgba.png")
+    a16 = (np.asarray(face.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(a16).save(tmp_path / "sixteen.png")
+    face.convert("P").save(tmp_path / "palette.gif")
+    for name in ("cmyk.jpg", "grey.png", "rgba.png", "sixteen.png", "palette.gif"):
+        im = load_rgb(tmp_path / name)
+        assert im.mode == "RGB" and im.size == face.size, name
+    # 16-bit is rescaled, not clipped to white
+    assert 20 < np.asarray(load_rgb(tmp_path / "sixteen.png")).mean() < 235
+
+
+def test_exif_rotation_is_applied(tmp_path, face):
+    wide = face.resize((300, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    wide.save(tmp_path / "rot.jpg", exif=exif)
+    assert load_rgb(tmp_path / "rot.jpg").size == (200, 300)
+
+
+@pytest.mark.parametrize(
+    "name,content,problem",
+    [
+        ("empty.jpg", b"", "empty file"),
+        ("notes.jpg", b"this is text, not a JPEG\n" * 10, "not an image"),
+        ("garbage.png", bytes(range(256)) * 8, "not an image"),
+    ],
+)
+def test_bad_files_name_file_and_problem(tmp_path, name, content, problem):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(BadInput) as e:
+        load_rgb(tmp_path / name)
+    assert name in str(e.value) and problem in str(e.value)
+
+
+def test_truncated_jpeg(tmp_path):
+    data = sg_images("fake", n=1)[0].read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    with pytest.raises(BadInput, match="cut.jpg: corrupt or truncated"):
+        load_rgb(tmp_path / "cut.jpg")
+
+
+def test_missing_and_huge(tmp_path, monkeypatch):
+    with pytest.raises(BadInput, match="no such file"):
+        load_rgb(tmp_path / "nope.jpg")
+    Image.new("RGB", (3000, 2000), (120, 90, 60)).save(tmp_path / "big.jpg")
+    assert load_rgb(tmp_path / "big.jpg").size[0] >= 1500  # decoded (draft may downscale)
+    import fakescope.images as images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 1_000_000)
+    with pytest.raises(BadInput, match="big.jpg: image too large"):
+        load_rgb(tmp_path / "big.jpg")
+
+
+def test_list_files_recurses_and_skips_hidden(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "x.jpg").write_bytes(b"1")
+    (tmp_path / "a" / "y.txt").write_bytes(b"1")
+    (tmp_path / ".hidden").write_bytes(b"1")
+    names = [p.name for p in list_files([tmp_path])]
+    assert names == ["y.txt", "x.jpg"] or sorted(names) == ["x.jpg", "y.txt"]

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from fakescope import metrics as M
+
+
+@pytest.fixture
+def scores():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(500), np.ones(500)].astype(int)
+    s = np.r_[rng.beta(2, 6, 500), rng.beta(6, 2, 500)]
+    return y, s
+
+
+def test_summary_has_flat_headline_keys(scores):
+    y, s = scores
+    m = M.summarize(y, s, 0.5)
+    for k in (
+        "auc",
+        "ap",
+        "precision",
+        "recall",
+        "f1",
+        "accuracy",
+        "eer",
+        "threshold",
+        "n_real",
+        "n_fake",
+    ):
+        assert k in m
+    assert 0.9 < m["auc"] < 1.0 and m["n_real"] == m["n_fake"] == 500
+    c = m["confusion"]
+    assert c["tn"] + c["fp"] == 500 and c["tp"] + c["fn"] == 500
+    assert m["tpr_at_fpr"]["0.1%"] <= m["tpr_at_fpr"]["1%"] <= 1
+
+
+def test_perfect_and_inverted():
+    y = np.array([0, 0, 1, 1])
+    assert M.threshold_free(y, np.array([0.1, 0.2, 0.8, 0.9]))["auc"] == 1.0
+    assert M.threshold_free(y, np.array([0.1, 0.2, 0.8, 0.9]))["eer"] == 0.0
+    assert M.threshold_free(y, np.array([0.9, 0.8, 0.2, 0.1]))["auc"] == 0.0
+
+
+def test_ideal_thresholds_separate_classes():
+    y = np.array([0] * 50 + [1] * 50)
+    s = np.r_[np.linspace(0.0, 0.6, 50), np.linspace(0.65, 1.0, 50)]
+    t = M.ideal_thresholds(y, s)
+    assert 0.6 < t["youden"] <= 0.65 and t["youden_j"] == pytest.approx(1.0)
+    assert 0.6 < t["f1"] <= 0.65 and t["f1_max"] == pytest.approx(1.0)
+
+
+def test_kde_intersection_of_symmetric_classes(scores):
+    y, s = scores  # beta(2,6) and beta(6,2) mirror each other about 0.5
+    k = M.kde_analysis(y, s, roc_threshold=0.55)
+    assert k["main_intersection"] == pytest.approx(0.5, abs=0.03)
+    assert k["distance_to_roc_threshold"] == pytest.approx(k["main_intersection"] - 0.55)
+
+
+def test_sweep_covers_030_to_090(scores):
+    rows = M.sweep(*scores)
+    assert rows[0]["threshold"] == 0.3 and rows[-1]["threshold"] == 0.9 and len(rows) == 13
+    recalls = [r["recall"] for r in rows]
+    assert recalls == sorted(recalls, reverse=True)  # a higher threshold never finds more
