@@ -56,6 +56,8 @@ def _add_train(sub):
     )
     p.add_argument("--input-size", type=int, default=299)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="constant (the paper's) or cosine decay to 0 over --epochs")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--epochs", type=int, default=10, help="max epochs per step")
     p.add_argument(
@@ -130,11 +132,21 @@ def cmd_train(a) -> int:
     return 0
 
 
-def _evaluate_and_print(run, data, split, out, batch_size, device, explain=0) -> int:
+def _evaluate_and_print(
+    run, data, split, out, batch_size, device, explain=0, faces=None, reencode=None
+) -> int:
     from .evaluation import evaluate, headline
 
     m = evaluate(
-        run, data, split=split, out=out, batch_size=batch_size, device=device, explain=explain
+        run,
+        data,
+        split=split,
+        out=out,
+        batch_size=batch_size,
+        device=device,
+        explain=explain,
+        faces=faces,
+        reencode=reencode,
     )
     out = Path(out) if out else Path(run) / f"eval-{Path(data).name}-{m['split']}"
     print(headline(m))
@@ -174,9 +186,22 @@ def _add_evaluate(sub):
         metavar="N",
         help="add Grad-CAM maps (mean over N faces per class, top mistakes)",
     )
+    p.add_argument(
+        "--faces",
+        default=None,
+        choices=["auto", "always", "never"],
+        help="face stage before scoring (default: as the run was trained)",
+    )
+    p.add_argument(
+        "--reencode",
+        type=int,
+        default=None,
+        metavar="Q",
+        help="re-save every image as JPEG quality Q first (a compression-shortcut test)",
+    )
     p.set_defaults(
         func=lambda a: _evaluate_and_print(
-            a.run, a.data, a.split, a.out, a.batch_size, a.device, a.explain
+            a.run, a.data, a.split, a.out, a.batch_size, a.device, a.explain, a.faces, a.reencode
         )
     )
 

@@ -15,6 +15,7 @@ class TrainConfig:
     input_size: int = 299
     # Training (paper: Adam, lr 0.001, binary cross-entropy)
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # "constant" (paper) or "cosine" (decay to 0 over `epochs`)
     batch_size: int = 16
     epochs: int = 10  # per step, upper bound; early stopping usually ends sooner
     patience: int = 2  # epochs without a validation-loss improvement before a step stops

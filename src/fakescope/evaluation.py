@@ -69,11 +69,14 @@ def evaluate(
     device: str = "auto",
     faces: str | None = None,
     explain: int = 0,
+    reencode: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Score ``data`` with ``run`` and write metrics.json, plots and report.html into ``out``
     (default RUN/eval-<data>-<split>). ``explain`` > 0 adds Grad-CAM maps of that many faces per
-    class to the report. Returns the metrics dict."""
+    class to the report. ``reencode`` re-saves every image as JPEG at that quality before
+    scoring, so both classes carry the same quantisation tables (against compression shortcuts).
+    Returns the metrics dict."""
     from .inference import Predictor
     from .training import make_loader, score_loader
 
@@ -93,8 +96,12 @@ def evaluate(
         prepare = FaceCropper(
             mode=faces, margin=run.meta.get("faces", {}).get("margin", 1.3)
         ).training_crop
+    # a deterministic "augmentation": every image re-encoded at exactly this quality
+    recode = (
+        D.Augment(hflip=False, jpeg_prob=1.0, jpeg_quality=(reencode,) * 2) if reencode else None
+    )
     ds = D.ImageDataset(
-        data, samples, run.input_size, None, prepare=prepare, mean=run.mean, std=run.std
+        data, samples, run.input_size, recode, prepare=prepare, mean=run.mean, std=run.std
     )
     s, y, loss = score_loader(
         predictor.model,
@@ -112,6 +119,7 @@ def evaluate(
         {
             "data": str(data),
             "split": split,
+            "reencoded_jpeg_quality": reencode,
             "faces": faces,
             "loss": loss,
             "threshold_source": {k: run.meta["threshold"][k] for k in ("criterion", "computed_on")},

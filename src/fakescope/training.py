@@ -10,6 +10,7 @@ step 3 freezes stem..stage3 (only the last stage and the head train).
 from __future__ import annotations
 
 import csv
+import math
 import random
 import time
 from pathlib import Path
@@ -97,6 +98,25 @@ def score_loader(model, loader, runtime, desc="scoring", progress=True):
     return s, y, loss_sum / max(len(y), 1)
 
 
+def n_batches_per_epoch(n_images: int, cfg: TrainConfig) -> int:
+    n = -(-n_images // cfg.batch_size)
+    return min(n, cfg.max_train_batches) if cfg.max_train_batches else n
+
+
+def _scheduler(cfg: TrainConfig, opt, batches_per_epoch: int):
+    """``constant`` is the paper's; ``cosine`` decays to zero over the step's ``epochs``, which
+    helps when a CPU affords only a few epochs. Resumed steps restart the schedule at the
+    resumed epoch (the caller fast-forwards it)."""
+    if cfg.lr_schedule == "constant":
+        return None
+    if cfg.lr_schedule != "cosine":
+        raise FakescopeError("--lr-schedule must be constant or cosine")
+    total = max(1, cfg.epochs * batches_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total))
+    )
+
+
 def _prepare_fn(cfg: TrainConfig):
     if cfg.faces == "never":
         return None
@@ -173,8 +193,11 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
         model.freeze(cfg.freeze_stages[step])
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg.lr)
+        sched = _scheduler(cfg, opt, n_batches_per_epoch(len(train_ds), cfg))
         if resume and state["epoch"] > 0:
             load_resume(resume_dir, model, opt)
+            for _ in range(state["epoch"] * n_batches_per_epoch(len(train_ds), cfg) * bool(sched)):
+                sched.step()
         best_file = resume_dir / f"best_step{step + 1}.safetensors"
         resume_dir.mkdir(exist_ok=True)
         while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
@@ -184,11 +207,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
                 train_ds, cfg.batch_size, True, cfg.workers, seed=cfg.seed + epoch + 100 * step
             )
             model.train()
-            n_batches = (
-                len(loader)
-                if not cfg.max_train_batches
-                else min(len(loader), cfg.max_train_batches)
-            )
+            n_batches = n_batches_per_epoch(len(train_ds), cfg)
             t0, seen, loss_sum = time.time(), 0, 0.0
             bar = tqdm(
                 total=n_batches,
@@ -206,8 +225,10 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if sched is not None:
+                    sched.step()
                 seen += len(y)
-                loss_sum += float(loss) * len(y)
+                loss_sum += loss.item() * len(y)
                 ips = seen / max(time.time() - t0, 1e-9)
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{ips:.1f}")
                 bar.update(1)
@@ -225,7 +246,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
                 f"{val_loss:.5f}",
                 f"{free['auc']:.5f}",
                 f"{acc:.5f}",
-                cfg.lr,
+                f"{opt.param_groups[0]['lr']:.3g}",
                 f"{seen / secs:.2f}",
                 f"{secs:.1f}",
             ]

@@ -1,0 +1,247 @@
+"""The face stage: find faces, and cut the crops the classifier sees.
+
+The detector sits behind ``FaceDetector`` so another one can be swapped in; ``MTCNNDetector``
+(facenet-pytorch) is the default. ``FaceCropper`` turns one image into the crops to score, and
+gives training the very same crop (``training_crop``) so training and prediction agree.
+See docs/faces.md for how the "auto" rule was measured.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .errors import FakescopeError
+
+FACE_MODES = ("auto", "always", "never")
+
+# "auto" scores the whole image when it already is a face crop: some face spans at least
+# TIGHT_MIN_RATIO of the image's short side and its box centre lies within TIGHT_MAX_OFFSET (as a
+# fraction of width/height) of the image centre. Other, off-centre faces are allowed: LFW crops
+# often show a bystander at the edge. Measured numbers are in docs/faces.md.
+TIGHT_MIN_RATIO = 0.25
+TIGHT_MAX_OFFSET = 0.25
+
+
+@dataclass(frozen=True)
+class Face:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the image given
+    confidence: float
+    # MTCNN's five points: left eye, right eye, nose, mouth left, mouth right (image's left/right)
+    landmarks: tuple[tuple[float, float], ...] | None = None
+
+    @property
+    def width(self) -> float:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> float:
+        return self.box[3] - self.box[1]
+
+
+class FaceDetector(Protocol):
+    name: str
+
+    def detect(self, im: Image.Image) -> list[Face]: ...
+
+
+class MTCNNDetector:
+    """facenet-pytorch's MTCNN on the CPU; never raises on an odd image, returns [] instead."""
+
+    name = "mtcnn"
+
+    def __init__(
+        self,
+        threshold: float = 0.9,
+        min_face_size: int = 20,
+        max_faces: int = 100,
+        max_side: int = 1600,
+    ):
+        self.threshold = threshold
+        self.min_face_size = min_face_size
+        self.max_faces = max_faces
+        self.max_side = max_side
+        self._net = None
+
+    def _model(self):
+        # Loading is deferred so that importing fakescope (and "--faces never") costs nothing.
+        if self._net is None:
+            from facenet_pytorch import MTCNN
+
+            self._net = MTCNN(
+                keep_all=True,
+                device="cpu",
+                min_face_size=self.min_face_size,
+                select_largest=False,
+            )
+        return self._net
+
+    def detect(self, im: Image.Image) -> list[Face]:
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        scale = 1.0
+        if max(im.size) > self.max_side:
+            # The pyramid on a 6000 px photo takes minutes and gigabytes; faces small enough to
+            # vanish at 1600 px are too small to judge anyway.
+            scale = self.max_side / max(im.size)
+            small = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+            im = im.resize(small, Image.BILINEAR)
+        # No face fits in an image narrower than the smallest face looked for; MTCNN's pyramid
+        # is empty then and it raises instead of saying so.
+        if min(im.size) < max(12, self.min_face_size):
+            return []
+        try:
+            boxes, probs, points = self._model().detect(im, landmarks=True)
+        except (RuntimeError, ValueError, IndexError, TypeError):
+            # Degenerate inputs (slivers, flat images) can break its internals; "no face" is the
+            # honest answer and the caller reports it.
+            return []
+        if boxes is None:
+            return []
+        faces = []
+        for box, p, pts in zip(boxes, probs, points, strict=False):
+            if p is None or float(p) < self.threshold:
+                continue
+            b = tuple(float(v) / scale for v in box)
+            lm = (
+                None if pts is None else tuple((float(x) / scale, float(y) / scale) for x, y in pts)
+            )
+            faces.append(Face(box=b, confidence=float(p), landmarks=lm))
+        faces.sort(key=lambda f: f.confidence, reverse=True)
+        return faces[: self.max_faces]
+
+
+def crop_face(im: Image.Image, face: Face, margin: float = 1.3, align: bool = False) -> Image.Image:
+    """Square crop of side ``margin * max(box w, box h)`` centred on the box centre.
+
+    Parts of the square outside the image are filled by edge replication, not black: a black
+    band is a strong, content-free edge the classifier could learn instead of the face. With
+    ``align`` (and landmarks), the square is rotated with the eye line, which is the same as
+    rotating the image about the eye midpoint until the eyes are level and then cropping.
+    """
+    x1, y1, x2, y2 = face.box
+    side = max(1, round(margin * max(x2 - x1, y2 - y1)))
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    arr = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    angle = 0.0
+    if align and face.landmarks is not None and len(face.landmarks) >= 2:
+        (lx, ly), (rx, ry) = face.landmarks[0], face.landmarks[1]
+        angle = math.atan2(ry - ly, rx - lx)
+    if angle == 0.0:
+        # Integer offset + nearest neighbour copies pixels exactly: no resampling blur to wipe
+        # out the high-frequency traces a deepfake detector relies on.
+        x0, y0 = round(cx - side / 2), round(cy - side / 2)
+        m = np.array([[1.0, 0.0, x0], [0.0, 1.0, y0]])
+        flags = cv2.INTER_NEAREST
+    else:
+        # Output pixel d (from the crop centre) samples the original at centre + R(angle) d,
+        # pixel centres at integer coordinates (box coordinates put them at +0.5).
+        c, s = math.cos(angle), math.sin(angle)
+        h = (side - 1) / 2
+        px, py = cx - 0.5, cy - 0.5
+        m = np.array([[c, -s, px - c * h + s * h], [s, c, py - s * h - c * h]])
+        flags = cv2.INTER_LINEAR
+    out = cv2.warpAffine(
+        arr,
+        m,
+        (side, side),
+        flags=flags | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    return Image.fromarray(out)
+
+
+class FaceCropper:
+    """Turns an image into the (face, crop) pairs to score.
+
+    mode "never": the whole image. "always": one crop per detected face at least ``min_face`` px
+    on its short side. "auto": the whole image when it already is a face crop (a big, central
+    face: see TIGHT_MIN_RATIO), else as "always". With "always" and "auto" an image without a
+    face gives [], so the caller can say "no face found" rather than score background.
+    """
+
+    def __init__(
+        self,
+        mode: str = "auto",
+        margin: float = 1.3,
+        align: bool = False,
+        detector: FaceDetector | None = None,
+        min_face: int = 20,
+        max_faces: int = 100,
+    ):
+        if mode not in FACE_MODES:
+            raise FakescopeError(f"face mode must be one of {', '.join(FACE_MODES)}, not {mode!r}")
+        if margin <= 0:
+            raise FakescopeError(f"face margin must be positive, not {margin}")
+        self.mode = mode
+        self.margin = margin
+        self.align = align
+        self.min_face = min_face
+        self.max_faces = max_faces
+        self._detector = detector
+        self._cache: dict[str, Face | None] = {}
+
+    @property
+    def detector(self) -> FaceDetector:
+        if self._detector is None:
+            # MTCNN's pyramid cannot look below 12 px; finding faces smaller than min_face
+            # would only have them filtered out again.
+            self._detector = MTCNNDetector(
+                min_face_size=max(12, self.min_face), max_faces=self.max_faces
+            )
+        return self._detector
+
+    def faces(self, im: Image.Image) -> list[Face]:
+        """Detected faces, most confident first."""
+        return sorted(self.detector.detect(im), key=lambda f: f.confidence, reverse=True)
+
+    def tight_face(self, im: Image.Image, faces: list[Face]) -> Face | None:
+        """The face ``im`` is a tight crop of (big and central), or None. Of several candidates
+        the most central wins: in LFW a neighbour's face can be as big and more confident."""
+        short = min(im.size)
+        best, best_off = None, TIGHT_MAX_OFFSET
+        for f in faces:
+            off = max(
+                abs((f.box[0] + f.box[2]) / 2 / im.width - 0.5),
+                abs((f.box[1] + f.box[3]) / 2 / im.height - 0.5),
+            )
+            if min(f.width, f.height) >= TIGHT_MIN_RATIO * short and off <= best_off:
+                best, best_off = f, off
+        return best
+
+    def is_tight(self, im: Image.Image, faces: list[Face]) -> bool:
+        return self.tight_face(im, faces) is not None
+
+    def crops(self, im: Image.Image) -> list[tuple[Face | None, Image.Image]]:
+        if self.mode == "never":
+            return [(None, im)]
+        faces = self.faces(im)
+        tight = self.tight_face(im, faces) if self.mode == "auto" else None
+        if tight is not None:
+            return [(tight, im)]
+        # Small faces go before the cap, so that they cannot take the places of bigger ones.
+        keep = [f for f in faces if min(f.width, f.height) >= self.min_face][: self.max_faces]
+        return [(f, crop_face(im, f, self.margin, self.align)) for f in keep]
+
+    def training_crop(self, im: Image.Image, path) -> Image.Image:
+        """The crop prediction would score first (most confident face), or the whole image when
+        no face is found: a missed detection must not drop a training image."""
+        key = str(path)
+        if key not in self._cache:
+            found = self.crops(im)
+            face, crop = found[0] if found else (None, im)
+            # Only the decision is kept (a Face, or None for "whole image"): caching the crops
+            # themselves would hold a whole data set of pixels in memory, and re-cropping is cheap.
+            self._cache[key] = None if crop is im else face
+            return crop
+        face = self._cache[key]
+        return im if face is None else crop_face(im, face, self.margin, self.align)
+
+    def describe(self) -> dict:
+        name = getattr(self._detector, "name", None) or MTCNNDetector.name
+        return {"mode": self.mode, "margin": self.margin, "align": self.align, "detector": name}

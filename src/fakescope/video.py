@@ -1,0 +1,162 @@
+"""Reading frames out of videos (PyAV), with every failure turned into a BadInput for that file."""
+
+from __future__ import annotations
+
+import warnings
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+from .errors import BadInput
+
+
+def _open(path: Path):
+    if not path.exists():
+        raise BadInput(f"{path}: no such file")
+    if path.is_dir():
+        raise BadInput(f"{path}: is a folder, not a video")
+    if path.stat().st_size == 0:
+        raise BadInput(f"{path}: empty file (0 bytes)")
+    try:
+        container = av.open(str(path), mode="r")
+    except Exception as e:  # PyAV raises many types here (InvalidDataError, OSError, ...)
+        raise BadInput(f"{path}: not a readable video ({_reason(e)})") from None
+    if not container.streams.video:
+        container.close()
+        raise BadInput(f"{path}: no video stream in the file (audio or data only)")
+    return container
+
+
+def _reason(e: Exception) -> str:
+    msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return msg.strip()
+
+
+def _upright(frame) -> Image.Image:
+    im = frame.to_image()  # RGB
+    # Phone videos store landscape pixels plus a display rotation; faces lying on their side
+    # are not found by the detector. ``rotation`` is counter-clockwise degrees (FFmpeg's
+    # display-matrix angle), which is what PIL's rotate takes too.
+    rot = round(getattr(frame, "rotation", 0) or 0) % 360
+    if rot in (90, 180, 270):
+        im = im.rotate(rot, expand=True)
+    return im
+
+
+def _targets(n: int, count: int) -> list[int]:
+    if n <= 0 or count <= 0:
+        return []
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, min(count, n))})
+
+
+def _decode(path: Path, wanted: set[int] | None, count_only: bool = False):
+    """One pass over the video stream, stopping after the last wanted frame.
+
+    Returns (frames kept, frames decoded, ran to the end of the stream, error or None)."""
+    kept: list[tuple[int, float, Image.Image]] = []
+    decoded = 0
+    error = None
+    ended = False
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate
+        last = max(wanted) if wanted else None
+        try:
+            for frame in container.decode(stream):
+                i = decoded
+                decoded += 1
+                if not count_only and (wanted is None or i in wanted):
+                    t = frame.time
+                    if t is None:
+                        t = float(i / rate) if rate else 0.0
+                    kept.append((i, float(t), _upright(frame)))
+                if last is not None and i >= last:
+                    break
+            else:
+                ended = True
+        except Exception as e:  # a truncated or damaged file fails somewhere in the middle
+            error = _reason(e)
+    finally:
+        container.close()
+    return kept, decoded, ended, error
+
+
+def sample_frames(path: str | Path, count: int = 16) -> list[tuple[int, float, Image.Image]]:
+    """``count`` frames spread evenly over the video: (frame index, time in seconds, RGB image).
+
+    A file that breaks off part way yields the frames decoded before the break (with a
+    warning); BadInput is raised only when no frame at all can be decoded.
+    """
+    path = Path(path)
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    container = _open(path)
+    try:
+        n = int(container.streams.video[0].frames or 0)
+    except Exception:
+        n = 0
+    finally:
+        container.close()
+
+    error = None
+    if n <= 0:
+        # No frame count in the header (some containers): count by decoding, then pick.
+        _, n, _, error = _decode(path, None, count_only=True)
+        if n == 0:
+            why = f" ({error})" if error else ""
+            raise BadInput(f"{path}: no decodable video frames{why}")
+    kept, decoded, ended, err = _decode(path, set(_targets(n, count)))
+    error = error or err
+    short = error is None and ended and decoded < n
+    if (short or err) and len(kept) < min(count, decoded):
+        # The file breaks off before the frame count its header gives (a cut-off download):
+        # pick again, evenly over the frames that do decode.
+        kept, *_ = _decode(path, set(_targets(decoded, count)))
+    if not kept:
+        why = f" ({error})" if error else ""
+        raise BadInput(f"{path}: no decodable video frames{why}")
+    if error is not None:
+        warnings.warn(
+            f"{path}: decoding failed part way ({error}); using {len(kept)} frames "
+            "from the part before that",
+            stacklevel=2,
+        )
+    elif short:
+        warnings.warn(
+            f"{path}: video ends after {decoded} of the {n} frames its header lists "
+            f"(truncated?); using {len(kept)} frames from that part",
+            stacklevel=2,
+        )
+    return kept
+
+
+def write_video(path: str | Path, images: list[Image.Image], fps: int = 5) -> Path:
+    """Write ``images`` as an H.264 (or MPEG-4 part 2) mp4; all frames take the first's size,
+    trimmed to even sides as yuv420p requires."""
+    if not images:
+        raise ValueError("write_video needs at least one image")
+    path = Path(path)
+    w, h = images[0].size
+    w, h = w - w % 2, h - h % 2
+    if w < 2 or h < 2:
+        raise ValueError(f"frames too small for a video: {images[0].size}")
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream(codec, rate=Fraction(fps))
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "yuv420p"
+        for im in images:
+            im = im.convert("RGB")
+            if im.size != (w, h):
+                same = im.size == images[0].size
+                im = im.crop((0, 0, w, h)) if same else im.resize((w, h), Image.BILINEAR)
+            for packet in stream.encode(av.VideoFrame.from_image(im)):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

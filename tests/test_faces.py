@@ -1,0 +1,263 @@
+"""The face stage on real images with the real MTCNN (no mocks)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fakescope.errors import FakescopeError
+from fakescope.faces import Face, FaceCropper, MTCNNDetector, crop_face
+
+# conftest.py lets FAKESCOPE_SHARED move the shared folder; the default is ../shared
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DATA = Path(os.environ.get("FAKESCOPE_SHARED", SHARED)) / "data"
+FFHQ_REAL = DATA / "sg-ffhq" / "real"
+
+pytestmark = pytest.mark.skipif(not FFHQ_REAL.is_dir(), reason=f"sample data not at {DATA}")
+
+
+class MemoDetector:
+    """The real MTCNN, answering repeat questions about the same pixels from memory: several
+    tests look at the same group photo, and each MTCNN pass over it costs seconds."""
+
+    name = "mtcnn"
+
+    def __init__(self):
+        self.inner = MTCNNDetector()
+        self.memo: dict[bytes, list[Face]] = {}
+
+    def detect(self, im: Image.Image) -> list[Face]:
+        key = hashlib.sha1(im.tobytes()).digest() + repr((im.size, im.mode)).encode()
+        if key not in self.memo:
+            self.memo[key] = self.inner.detect(im)
+        return list(self.memo[key])
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return MemoDetector()
+
+
+def ffhq(n: int, label: str = "real") -> list[Path]:
+    return sorted((DATA / "sg-ffhq" / label).glob("*.jpg"))[:n]
+
+
+def iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+def paste_faces(detector, paths, size, canvas_size, positions):
+    """Paste face images at ``positions``; return the canvas and each face's expected box there
+    (MTCNN's box on the unpasted image, scaled and shifted: the face, not the tile)."""
+    canvas = Image.new("RGB", canvas_size, (128, 128, 128))
+    expected = []
+    for p, (x, y) in zip(paths, positions, strict=True):
+        im = Image.open(p).convert("RGB")
+        (face,) = detector.detect(im)
+        s = size / im.width
+        canvas.paste(im.resize((size, size), Image.BICUBIC), (x, y))
+        b = face.box
+        expected.append((x + b[0] * s, y + b[1] * s, x + b[2] * s, y + b[3] * s))
+    return canvas, expected
+
+
+@pytest.fixture(scope="module")
+def group(detector):
+    positions = [(40, 60), (330, 420), (560, 80), (800, 430)]
+    return paste_faces(detector, ffhq(4), 170, (1000, 700), positions)
+
+
+def test_always_finds_each_face_in_a_group_photo(detector, group):
+    canvas, expected = group
+    found = FaceCropper("always", detector=detector).crops(canvas)
+    assert len(found) >= 4
+    for box in expected:
+        best = max(iou(box, f.box) for f, _ in found)
+        assert best >= 0.5, f"face at {box} matched at IoU {best:.2f} only"
+    for face, crop in found:
+        side = round(1.3 * max(face.width, face.height))
+        assert crop.size == (side, side)
+    confidences = [f.confidence for f, _ in found]
+    assert confidences == sorted(confidences, reverse=True)
+    assert min(confidences) >= 0.9
+
+
+def test_auto_crops_a_group_photo(detector, group):
+    canvas, expected = group
+    found = FaceCropper("auto", detector=detector).crops(canvas)
+    assert len(found) >= 4
+    assert all(crop is not canvas and crop.size[0] < 400 for _, crop in found)
+
+
+LFW = DATA / "lfw-faceswap"
+# (image, how far its face's centre may lie from the image centre, as a fraction of the side).
+# real_521, real_347 and fake_51 also hold a neighbour's face, as big and at least as confident as
+# the subject's: they are still face crops, and the subject's face is the one reported.
+TIGHT = [
+    *[(p, 0.2) for p in ffhq(2, "real") + ffhq(2, "fake")],
+    (LFW / "real" / "real_1.jpg", 0.1),
+    (LFW / "real" / "real_521.jpg", 0.1),
+    (LFW / "real" / "real_347.jpg", 0.1),
+    (LFW / "fake" / "fake_1.jpg", 0.1),
+    (LFW / "fake" / "fake_51.jpg", 0.1),
+]
+
+
+@pytest.mark.parametrize(
+    "path,off",
+    TIGHT,
+    ids=lambda v: f"{v.parent.parent.name}/{v.name}" if isinstance(v, Path) else f"off{v}",
+)
+def test_auto_scores_face_crops_whole(detector, path, off):
+    im = Image.open(path).convert("RGB")
+    found = FaceCropper("auto", detector=detector).crops(im)
+    assert len(found) == 1
+    face, crop = found[0]
+    assert crop is im
+    assert face is not None and face.confidence >= 0.9
+    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+    assert abs(cx - im.width / 2) < off * im.width and abs(cy - im.height / 2) < off * im.height
+
+
+def no_face_images():
+    x = np.linspace(0, 255, 320, dtype=np.float64)
+    gradient = np.stack(
+        [np.tile(x, (240, 1)), np.tile(x[:240, None], (1, 320)), 255 - np.tile(x, (240, 1))], -1
+    )
+    noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3))
+    return [Image.fromarray(gradient.astype(np.uint8)), Image.fromarray(noise.astype(np.uint8))]
+
+
+@pytest.mark.parametrize("mode", ["always", "auto"])
+def test_no_face_gives_nothing(detector, mode):
+    for im in no_face_images():
+        assert FaceCropper(mode, detector=detector).crops(im) == []
+
+
+def test_never_returns_the_image(detector):
+    im = no_face_images()[0]
+    assert FaceCropper("never", detector=detector).crops(im) == [(None, im)]
+
+
+@pytest.mark.parametrize(
+    "size", [(1, 1), (5, 5), (8, 8), (12, 12), (19, 300), (3000, 14), (40, 40)]
+)
+def test_tiny_and_sliver_images_do_not_crash(detector, size):
+    im = Image.new("RGB", size, (200, 150, 120))
+    assert detector.detect(im) == []
+    assert FaceCropper("always", detector=detector).crops(im) == []
+    assert FaceCropper("auto", detector=detector).crops(im) == []
+
+
+def test_many_faces_are_capped(detector):
+    # One detection only: MTCNN resamples every candidate box one by one, so a crowd costs
+    # 10-20 s on two busy cores.
+    tiles = [Image.open(p).convert("RGB").resize((60, 60)) for p in ffhq(64)]
+    canvas = Image.new("RGB", (8 * 64, 8 * 64), (128, 128, 128))
+    for i, tile in enumerate(tiles):
+        canvas.paste(tile, ((i % 8) * 64 + 2, (i // 8) * 64 + 2))
+    found = FaceCropper("always", detector=detector, max_faces=40).crops(canvas)
+    assert len(found) == 40
+    confidences = [f.confidence for f, _ in found]
+    assert confidences == sorted(confidences, reverse=True)
+
+
+def test_detector_keeps_the_most_confident(detector, group):
+    canvas, _ = group
+    everything = detector.detect(canvas)
+    capped = MTCNNDetector(max_faces=2).detect(canvas)
+    assert len(everything) > 2
+    assert [f.confidence for f in capped] == [f.confidence for f in everything[:2]]
+
+
+def test_large_image_boxes_map_back_to_original_coordinates(detector):
+    canvas, (expected,) = paste_faces(detector, ffhq(1), 900, (3600, 2400), [(2200, 700)])
+    faces = detector.detect(canvas)
+    assert faces and iou(faces[0].box, expected) >= 0.5
+    assert all(p[0] > 2200 and p[1] > 700 for p in faces[0].landmarks)
+
+
+def test_min_face_drops_small_faces(detector, group):
+    canvas, _ = group
+    assert FaceCropper("always", detector=detector, min_face=200).crops(canvas) == []
+
+
+def test_crop_near_border_is_a_padded_square():
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 256, (200, 300, 3)).astype(np.uint8)
+    im = Image.fromarray(arr)
+    face = Face(box=(-10.0, 150.0, 50.0, 230.0), confidence=1.0, landmarks=None)
+    crop = crop_face(im, face, margin=1.5)
+    side = round(1.5 * 80)
+    assert crop.size == (side, side)
+    out = np.asarray(crop)
+    x0, y0 = round(20 - side / 2), round(190 - side / 2)  # -40, 130
+    # inside the image: the original pixels, untouched by resampling
+    assert np.array_equal(out[: 200 - y0, -x0:], arr[y0:, : side + x0])
+    # outside: the edge pixels repeated
+    assert np.array_equal(out[: 200 - y0, 0], arr[y0:, 0])
+    assert np.array_equal(out[-1, -x0:], arr[-1, : side + x0])
+
+
+def eye_angle(face: Face) -> float:
+    (lx, ly), (rx, ry) = face.landmarks[:2]
+    return math.degrees(math.atan2(ry - ly, rx - lx))
+
+
+def test_align_levels_the_eyes(detector):
+    im = Image.open(ffhq(1)[0]).convert("RGB")
+    tilted = im.rotate(25, resample=Image.BICUBIC, expand=True, fillcolor=(128, 128, 128))
+    (face,) = detector.detect(tilted)
+    assert abs(eye_angle(face)) > 15
+    aligned = crop_face(tilted, face, margin=1.3, align=True)
+    side = round(1.3 * max(face.width, face.height))
+    assert aligned.size == (side, side)
+    (again,) = detector.detect(aligned)
+    assert abs(eye_angle(again)) < 6
+
+
+def test_training_crop(detector, group):
+    face_path = ffhq(1)[0]
+    im = Image.open(face_path).convert("RGB")
+    auto = FaceCropper("auto", detector=detector)
+    assert auto.training_crop(im, face_path) is im
+
+    always = FaceCropper("always", detector=detector)
+    first = always.training_crop(im, face_path)
+    (face, crop), *_ = always.crops(im)
+    assert np.array_equal(np.asarray(first), np.asarray(crop))
+    # the second call is served from the cache, and gives the same pixels
+    assert str(face_path) in always._cache
+    assert np.array_equal(np.asarray(always.training_crop(im, face_path)), np.asarray(first))
+
+    blank = no_face_images()[0]
+    assert always.training_crop(blank, "blank.png") is blank
+
+    canvas, _ = group
+    best = always.training_crop(canvas, "group.png")
+    assert best.size == always.crops(canvas)[0][1].size
+
+
+def test_bad_mode_and_describe():
+    with pytest.raises(FakescopeError, match="sometimes"):
+        FaceCropper("sometimes")
+    d = FaceCropper("always", margin=1.5).describe()
+    assert d == {"mode": "always", "margin": 1.5, "align": False, "detector": "mtcnn"}
+
+
+def test_detector_loads_lazily():
+    assert MTCNNDetector()._net is None
+    code = "import sys, fakescope.faces; assert 'facenet_pytorch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
