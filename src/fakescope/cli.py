@@ -56,8 +56,12 @@ def _add_train(sub):
     )
     p.add_argument("--input-size", type=int, default=299)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
-                   help="constant (the paper's) or cosine decay to 0 over --epochs")
+    p.add_argument(
+        "--lr-schedule",
+        default="constant",
+        choices=["constant", "cosine"],
+        help="constant (the paper's) or cosine decay to 0 over --epochs",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--epochs", type=int, default=10, help="max epochs per step")
     p.add_argument(
@@ -99,7 +103,13 @@ def _add_train(sub):
         choices=["never", "auto", "always"],
         help="crop training images through the face stage (as predict does)",
     )
-    p.add_argument("--face-margin", type=float, default=1.3)
+    p.add_argument(
+        "--face-margin",
+        type=float,
+        default=0.0,
+        help="crop side / face box side for the face stage; 0 = measure how the "
+        "training images frame their faces and use that at prediction",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
     p.add_argument("--max-train-batches", type=int, default=0, help="cap per epoch (smoke runs)")

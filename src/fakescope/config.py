@@ -34,7 +34,7 @@ class TrainConfig:
     resize_prob: float = 0.0  # random down-and-up resize (0.5x to 1x)
     # Face stage used on the training data ("never" trains on the images as they are)
     faces: str = "never"
-    face_margin: float = 1.3
+    face_margin: float = 0.0  # crop side / face box side; 0 = measure on the training images
     # Machine
     device: str = "auto"
     workers: int = 0

@@ -245,3 +245,17 @@ class FaceCropper:
     def describe(self) -> dict:
         name = getattr(self._detector, "name", None) or MTCNNDetector.name
         return {"mode": self.mode, "margin": self.margin, "align": self.align, "detector": name}
+
+
+def framing_margin(images, cropper: FaceCropper | None = None) -> float | None:
+    """How loosely the given face images are framed: the median of (image short side / face box
+    long side). Used as the crop margin at prediction time, so that a face cut from a group
+    photo is framed like the images the model was trained on. None when no face is found."""
+    cropper = cropper or FaceCropper(mode="auto")
+    ratios = []
+    for im in images:
+        faces = cropper.faces(im)
+        face = cropper.tight_face(im, faces) or (faces[0] if faces else None)
+        if face is not None:
+            ratios.append(min(im.size) / max(face.width, face.height, 1.0))
+    return float(np.median(ratios)) if ratios else None

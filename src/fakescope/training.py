@@ -117,6 +117,32 @@ def _scheduler(cfg: TrainConfig, opt, batches_per_epoch: int):
     )
 
 
+def _face_framing(cfg: TrainConfig, train_ds, n: int = 32) -> dict:
+    """The face-crop margin prediction should use. Training on whole images (faces "never"),
+    it is measured on training images, so crops cut from group photos look like what the
+    model learnt from; training through the face stage, it is the margin that stage used."""
+    if cfg.face_margin > 0 or cfg.faces != "never":
+        margin = cfg.face_margin if cfg.face_margin > 0 else 1.3
+        return {"mode": cfg.faces, "margin": margin, "margin_source": "configured"}
+    from .faces import framing_margin
+    from .images import load_rgb
+
+    step = max(1, len(train_ds.samples) // n)
+    picked = train_ds.samples[::step][:n]
+    try:
+        m = framing_margin([load_rgb(train_ds.root / s.path) for s in picked])
+    except ImportError as e:  # facenet-pytorch missing: prediction without faces still works
+        print(f"fakescope: face detector unavailable ({e}); face margin left at 1.3")
+        m = None
+    if m is None:
+        return {"mode": "never", "margin": 1.3, "margin_source": "default (no face found)"}
+    return {
+        "mode": "never",
+        "margin": round(m, 3),
+        "margin_source": f"median framing of {len(picked)} training images",
+    }
+
+
 def _prepare_fn(cfg: TrainConfig):
     if cfg.faces == "never":
         return None
@@ -288,6 +314,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
     if tb is not None:
         tb.close()
 
+    faces_meta = _face_framing(cfg, train_ds)
     # Calibrate on the validation split only; the test split is never looked at here.
     s, yv, _ = score_loader(model, val_loader, runtime, "calibrating", progress)
     thr = M.ideal_thresholds(yv, s)
@@ -312,7 +339,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
             "computed_on": "val",
             "n_val": int(len(yv)),
         },
-        "faces": {"mode": cfg.faces, "margin": cfg.face_margin},
+        "faces": faces_meta,
         "train": cfg.to_dict(),
         "steps": state["summaries"],
         "data": {**D.fingerprint(cfg.data, samples), "split_origin": origin},
