@@ -55,6 +55,13 @@ def _add_train(sub):
         "cached in $TORCH_HOME), 'none' (random init) or a weights file path",
     )
     p.add_argument("--input-size", type=int, default=299)
+    p.add_argument(
+        "--fit",
+        default="resize",
+        choices=["resize", "pad"],
+        help="resize: scale to the input size (the paper's); pad: never upsample, "
+        "centre smaller images on a mean-colour canvas",
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument(
         "--lr-schedule",
@@ -96,7 +103,18 @@ def _add_train(sub):
     )
     p.add_argument("--jpeg-quality", type=_int_list, default=(60, 100), help="quality range")
     p.add_argument("--blur-prob", type=float, default=0.0)
-    p.add_argument("--resize-prob", type=float, default=0.0)
+    p.add_argument(
+        "--resize-prob",
+        type=float,
+        default=0.0,
+        help="probability of a random down-and-up resize (0.5x-1x)",
+    )
+    p.add_argument(
+        "--crop-scale",
+        type=float,
+        default=1.0,
+        help="<1: random square crops of this..1 of the short side (scale jitter)",
+    )
     p.add_argument(
         "--faces",
         default="never",
@@ -231,7 +249,7 @@ def _add_predict(sub):
     p.add_argument("--json", help="also write rows to this JSON file")
     p.add_argument(
         "--faces",
-        default="never",
+        default="auto",
         choices=["auto", "always", "never"],
         help="auto: detect faces unless the image is already a face crop",
     )
@@ -328,6 +346,13 @@ def _add_bench(sub):
     )
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--input-size", type=int, default=299)
+    p.add_argument(
+        "--fit",
+        default="resize",
+        choices=["resize", "pad"],
+        help="resize: scale to the input size (the paper's); pad: never upsample, "
+        "centre smaller images on a mean-colour canvas",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--iters", type=int, default=3, help="timed batches per measurement")
     p.add_argument("--device", default="auto")

@@ -13,6 +13,7 @@ class TrainConfig:
     head: str = "flatten"  # "flatten" (the paper's) or "gap"
     weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
     input_size: int = 299
+    fit: str = "resize"  # how images reach input_size: "resize" (paper) or "pad" (no upsampling)
     # Training (paper: Adam, lr 0.001, binary cross-entropy)
     lr: float = 1e-3
     lr_schedule: str = "constant"  # "constant" (paper) or "cosine" (decay to 0 over `epochs`)
@@ -32,6 +33,7 @@ class TrainConfig:
     jpeg_quality: tuple[int, int] = (60, 100)
     blur_prob: float = 0.0
     resize_prob: float = 0.0  # random down-and-up resize (0.5x to 1x)
+    crop_scale: float = 1.0  # <1: random square crops of crop_scale..1 of the short side
     # Face stage used on the training data ("never" trains on the images as they are)
     faces: str = "never"
     face_margin: float = 0.0  # crop side / face box side; 0 = measure on the training images

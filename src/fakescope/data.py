@@ -143,10 +143,16 @@ class Augment:
     jpeg_quality: tuple[int, int] = (60, 100)
     blur_prob: float = 0.0
     resize_prob: float = 0.0
+    crop_scale: float = 1.0  # <1: random square crop of this to 1x the short side
 
     def __call__(self, im: Image.Image, rng: random.Random) -> Image.Image:
         if self.hflip and rng.random() < 0.5:
             im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if self.crop_scale < 1.0:
+            w, h = im.size
+            side = round(min(w, h) * rng.uniform(self.crop_scale, 1.0))
+            x, y = rng.randint(0, w - side), rng.randint(0, h - side)
+            im = im.crop((x, y, x + side, y + side))
         if self.resize_prob and rng.random() < self.resize_prob:
             f = rng.uniform(0.5, 1.0)
             w, h = im.size
@@ -165,11 +171,23 @@ def jpeg_roundtrip(im: Image.Image, quality: int) -> Image.Image:
     return Image.open(buf).convert("RGB")
 
 
-def fit_square(im: Image.Image, size: int) -> Image.Image:
-    """Resize the short side to ``size`` and centre-crop: faces keep their aspect ratio."""
+FITS = ("resize", "pad")
+# ImageNet mean colour: padding with it gives zeros after normalisation
+PAD_RGB = tuple(round(255 * m) for m in IMAGENET_MEAN)
+
+
+def fit_square(im: Image.Image, size: int, fit: str = "resize") -> Image.Image:
+    """Bring an image to size x size. ``resize`` (the paper's): scale the short side to ``size``
+    and centre-crop. ``pad``: never upsample; a smaller image is centred on a mean-colour
+    canvas, so its pixels reach the network unresampled (interpolation blurs the
+    high-frequency traces generators leave); a larger one is scaled down as with ``resize``."""
     w, h = im.size
     if (w, h) == (size, size):
         return im
+    if fit == "pad" and max(w, h) <= size:
+        canvas = Image.new("RGB", (size, size), PAD_RGB)
+        canvas.paste(im, ((size - w) // 2, (size - h) // 2))
+        return canvas
     s = size / min(w, h)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
     im = im.resize((nw, nh), Image.BICUBIC)
@@ -177,8 +195,10 @@ def fit_square(im: Image.Image, size: int) -> Image.Image:
     return im.crop((left, top, left + size, top + size))
 
 
-def to_tensor(im: Image.Image, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    a = np.asarray(fit_square(im, size), dtype=np.float32) / 255.0
+def to_tensor(
+    im: Image.Image, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, fit: str = "resize"
+) -> torch.Tensor:
+    a = np.asarray(fit_square(im, size, fit), dtype=np.float32) / 255.0
     a = (a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(a.transpose(2, 0, 1).copy())
 
@@ -197,7 +217,9 @@ class ImageDataset(torch.utils.data.Dataset):
         prepare=None,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
+        fit="resize",
     ):
+        self.fit = fit
         self.root, self.samples, self.size = Path(root), list(samples), size
         self.augment, self.seed, self.prepare = augment, seed, prepare
         self.mean, self.std = mean, std
@@ -214,4 +236,4 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.augment is not None:
             # seeded per (seed, epoch, index): reproducible with any number of workers
             im = self.augment(im, random.Random(hash((self.seed, self.epoch, i))))
-        return to_tensor(im, self.size, self.mean, self.std), s.label, i
+        return to_tensor(im, self.size, self.mean, self.std, self.fit), s.label, i

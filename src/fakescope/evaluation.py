@@ -101,7 +101,14 @@ def evaluate(
         D.Augment(hflip=False, jpeg_prob=1.0, jpeg_quality=(reencode,) * 2) if reencode else None
     )
     ds = D.ImageDataset(
-        data, samples, run.input_size, recode, prepare=prepare, mean=run.mean, std=run.std
+        data,
+        samples,
+        run.input_size,
+        recode,
+        prepare=prepare,
+        mean=run.mean,
+        std=run.std,
+        fit=run.fit,
     )
     s, y, loss = score_loader(
         predictor.model,
@@ -123,7 +130,9 @@ def evaluate(
             "faces": faces,
             "loss": loss,
             "threshold_source": {k: run.meta["threshold"][k] for k in ("criterion", "computed_on")},
-            "stored_thresholds": {k: run.meta["threshold"][k] for k in ("youden", "f1")},
+            "stored_thresholds": {
+                k: run.meta["threshold"].get(k) for k in ("youden", "f1", "kde_intersection")
+            },
             "at_f1_threshold": M.at_threshold(y, s, run.meta["threshold"]["f1"]),
             # what the threshold would have been on this split: for comparison only, never used
             "ideal_on_this_split": M.ideal_thresholds(y, s),

@@ -29,10 +29,10 @@ def cams(model, x: torch.Tensor, categories: list[int], batch_size: int = 8) -> 
     return np.concatenate(out) if out else np.zeros((0,) + tuple(x.shape[2:]))
 
 
-def overlay(image: Image.Image, cam: np.ndarray, size: int) -> np.ndarray:
+def overlay(image: Image.Image, cam: np.ndarray, size: int, fit: str = "resize") -> np.ndarray:
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    rgb = np.asarray(fit_square(image, size), dtype=np.float32) / 255.0
+    rgb = np.asarray(fit_square(image, size, fit), dtype=np.float32) / 255.0
     return show_cam_on_image(rgb, cam, use_rgb=True)
 
 
@@ -54,7 +54,7 @@ def write_overlays(predictor, units, out_dir: Path) -> None:
         if r.face is not None:
             name += f"_face{r.face}"
         path = out_dir / f"{name}_gradcam.png"
-        Image.fromarray(overlay(u.image, m, predictor.run.input_size)).save(path)
+        Image.fromarray(overlay(u.image, m, predictor.run.input_size, predictor.run.fit)).save(path)
         r.explanation = str(path)
 
 
@@ -92,9 +92,12 @@ def explanation_figures(predictor, ds, y, s, out: Path, per_class: int = 24) -> 
         mean = cams(predictor.model, x, [label] * len(idx)).mean(axis=0)
         np.save(out / f"gradcam_mean_{name}.npy", mean)
         mean_img = np.mean(
-            [np.asarray(fit_square(ds_image(ds, int(i)), size), np.float32) for i in idx], axis=0
+            [np.asarray(fit_square(ds_image(ds, int(i)), size, ds.fit), np.float32) for i in idx],
+            axis=0,
         ).astype(np.uint8)
-        means.append(overlay(Image.fromarray(mean_img), mean / max(mean.max(), 1e-12), size))
+        means.append(
+            overlay(Image.fromarray(mean_img), mean / max(mean.max(), 1e-12), size, "resize")
+        )
         titles.append(f"mean map, correct {name} (n={len(idx)})")
         summary[f"mean_{name}"] = {"n": int(len(idx)), **region_shares(mean)}
     if means:
@@ -107,7 +110,9 @@ def explanation_figures(predictor, ds, y, s, out: Path, per_class: int = 24) -> 
         top = wrong[np.argsort(-conf)][:10]
         x = torch.stack([ds[int(i)][0] for i in top])
         maps = cams(predictor.model, x, [int(pred[i]) for i in top])
-        ims = [overlay(ds_image(ds, int(i)), m, size) for i, m in zip(top, maps, strict=True)]
+        ims = [
+            overlay(ds_image(ds, int(i)), m, size, ds.fit) for i, m in zip(top, maps, strict=True)
+        ]
         tt = [
             f"{'fake' if y[i] else 'real'} scored {s[i]:.3f}\n{Path(ds.samples[i].path).name}"
             for i in top

@@ -66,7 +66,7 @@ class Predictor:
         run: str | Path | Run,
         device="auto",
         batch_size=16,
-        faces="never",
+        faces="auto",
         face_margin: float | None = None,
         frames=16,
         threshold: float | None = None,
@@ -90,7 +90,7 @@ class Predictor:
     # ------------------------------------------------------------------ scoring
     def tensors(self, images) -> torch.Tensor:
         r = self.run
-        return torch.stack([to_tensor(im, r.input_size, r.mean, r.std) for im in images])
+        return torch.stack([to_tensor(im, r.input_size, r.mean, r.std, r.fit) for im in images])
 
     @torch.no_grad()
     def score_images(self, images) -> np.ndarray:

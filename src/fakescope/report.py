@@ -80,6 +80,13 @@ def write_report(path: Path, run, m: dict, figures: dict) -> Path:
             "The class densities do not cross between the class modes "
             f"({k.get('note', 'crossings: ' + str(k.get('intersections')))})."
         )
+    val_kde = m["stored_thresholds"].get("kde_intersection")
+    if val_kde is not None:
+        youden = m["stored_thresholds"]["youden"]
+        kde_text += (
+            f" On the validation split, where the threshold was chosen, the densities cross at "
+            f"{val_kde:.4f} and Youden's J gives {youden:.4f} ({val_kde - youden:+.4f})."
+        )
     parts = [
         f"<h1>fakescope evaluation: {html.escape(run.meta['model']['backbone'])} on "
         f"{html.escape(m['data'])} ({html.escape(m['split'])} split)</h1>",

@@ -70,6 +70,10 @@ class Run:
         return int(self.meta["model"]["input_size"])
 
     @property
+    def fit(self) -> str:
+        return self.meta["model"].get("fit", "resize")
+
+    @property
     def mean(self):
         return tuple(self.meta["model"]["mean"])
 
