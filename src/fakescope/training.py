@@ -190,6 +190,8 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
     val_ds = D.ImageDataset(cfg.data, val_s, cfg.input_size, None, cfg.seed, prepare, fit=cfg.fit)
     val_loader = make_loader(val_ds, cfg.batch_size, False, cfg.workers)
     bce = nn.BCEWithLogitsLoss()
+    # fp16 gradients underflow without loss scaling; a disabled scaler is a no-op elsewhere
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
 
     tb = None
     if cfg.tensorboard:
@@ -258,8 +260,9 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
                     logit = model(x).float().squeeze(1)
                 loss = bce(logit, y)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 if sched is not None:
                     sched.step()
                 seen += len(y)
