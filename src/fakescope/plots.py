@@ -125,7 +125,7 @@ def training_curves(log_csv: Path, path: Path) -> Path | None:
 def heatmap_grid(images: list, titles: list[str], path: Path, cols: int = 5) -> Path:
     """A grid of RGB arrays/PIL images (Grad-CAM overlays) with titles."""
     rows = max(1, int(np.ceil(len(images) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.9 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, im, t in zip(axes.ravel(), images, titles, strict=False):
