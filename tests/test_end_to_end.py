@@ -42,7 +42,7 @@ def test_run_folder_holds_everything_and_no_pickle(small_run):
 
 
 def test_evaluate_writes_metrics_plots_and_report(small_run, tmp_path):
-    m = evaluate(small_run, SG, split="test", out=tmp_path, progress=False)
+    m = evaluate(small_run, SG, split="test", out=tmp_path, progress=False, explain=0)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     for k in (
         "auc",

@@ -95,8 +95,8 @@ def test_face_stage_keeps_auc_on_face_crops(small_run, tmp_path):
         (data / label).mkdir(parents=True)
         for p in sg_images(label, n=20):
             (data / label / p.name).symlink_to(p)
-    direct = evaluate(small_run, data, out=tmp_path / "a", faces="never", progress=False)
-    staged = evaluate(small_run, data, out=tmp_path / "b", faces="auto", progress=False)
+    direct = evaluate(small_run, data, out=tmp_path / "a", faces="never", progress=False, explain=0)
+    staged = evaluate(small_run, data, out=tmp_path / "b", faces="auto", progress=False, explain=0)
     assert direct["split"] == "all" and direct["n_real"] == 20
     assert abs(direct["auc"] - staged["auc"]) <= 0.01
 

@@ -156,7 +156,7 @@ def cmd_train(a) -> int:
 
     samples, _ = load_samples(cfg.data, seed=cfg.seed, exclude=cfg.exclude)
     if any(s.split == "test" for s in samples):
-        return _evaluate_and_print(run, cfg.data, "test", None, cfg.batch_size, cfg.device)
+        return _evaluate_and_print(run, cfg.data, "test", None, cfg.batch_size, cfg.device, 24)
     return 0
 
 
@@ -210,9 +210,10 @@ def _add_evaluate(sub):
     p.add_argument(
         "--explain",
         type=int,
-        default=0,
+        default=24,
         metavar="N",
-        help="add Grad-CAM maps (mean over N faces per class, top mistakes)",
+        help="Grad-CAM section: mean map over N correct faces per class and the ten most "
+        "confident mistakes (0 turns it off)",
     )
     p.add_argument(
         "--faces",

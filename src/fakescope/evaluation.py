@@ -68,13 +68,13 @@ def evaluate(
     batch_size: int = 32,
     device: str = "auto",
     faces: str | None = None,
-    explain: int = 0,
+    explain: int = 24,
     reencode: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Score ``data`` with ``run`` and write metrics.json, plots and report.html into ``out``
-    (default RUN/eval-<data>-<split>). ``explain`` > 0 adds Grad-CAM maps of that many faces per
-    class to the report. ``reencode`` re-saves every image as JPEG at that quality before
+    (default RUN/eval-<data>-<split>). ``explain`` > 0 adds Grad-CAM maps of that many faces
+    per class to the report. ``reencode`` re-saves every image as JPEG at that quality before
     scoring, so both classes carry the same quantisation tables (against compression shortcuts).
     Returns the metrics dict."""
     from .inference import Predictor
