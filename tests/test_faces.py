@@ -194,21 +194,22 @@ def test_min_face_drops_small_faces(detector, group):
     assert FaceCropper("always", detector=detector, min_face=200).crops(canvas) == []
 
 
-def test_crop_near_border_is_a_padded_square():
+def test_crop_near_border_slides_inside_or_pads():
     rng = np.random.default_rng(1)
     arr = rng.integers(0, 256, (200, 300, 3)).astype(np.uint8)
     im = Image.fromarray(arr)
     face = Face(box=(-10.0, 150.0, 50.0, 230.0), confidence=1.0, landmarks=None)
+    # a square that fits the image is moved inside it: original pixels, no resampling
     crop = crop_face(im, face, margin=1.5)
-    side = round(1.5 * 80)
-    assert crop.size == (side, side)
-    out = np.asarray(crop)
-    x0, y0 = round(20 - side / 2), round(190 - side / 2)  # -40, 130
-    # inside the image: the original pixels, untouched by resampling
-    assert np.array_equal(out[: 200 - y0, -x0:], arr[y0:, : side + x0])
-    # outside: the edge pixels repeated
-    assert np.array_equal(out[: 200 - y0, 0], arr[y0:, 0])
-    assert np.array_equal(out[-1, -x0:], arr[-1, : side + x0])
+    assert crop.size == (120, 120)
+    assert np.array_equal(np.asarray(crop), arr[80:200, 0:120])
+    # a square taller than the image: x slides inside, y is padded with repeated edge rows
+    crop = np.asarray(crop_face(im, face, margin=3.0))
+    side = 240
+    y0 = round(190 - side / 2)  # 70: rows 70..199 are real, the rest repeat row 199
+    assert crop.shape == (side, side, 3)
+    assert np.array_equal(crop[: 200 - y0], arr[y0:, :side])
+    assert np.array_equal(crop[-1], arr[-1, :side])
 
 
 def eye_angle(face: Face) -> float:

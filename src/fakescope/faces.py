@@ -117,7 +117,8 @@ class MTCNNDetector:
 
 
 def crop_face(im: Image.Image, face: Face, margin: float = 1.3, align: bool = False) -> Image.Image:
-    """Square crop of side ``margin * max(box w, box h)`` centred on the box centre.
+    """Square crop of side ``margin * max(box w, box h)`` centred on the box centre (moved
+    just enough to stay inside the image when it fits).
 
     Parts of the square outside the image are filled by edge replication, not black: a black
     band is a strong, content-free edge the classifier could learn instead of the face. With
@@ -136,6 +137,13 @@ def crop_face(im: Image.Image, face: Face, margin: float = 1.3, align: bool = Fa
         # Integer offset + nearest neighbour copies pixels exactly: no resampling blur to wipe
         # out the high-frequency traces a deepfake detector relies on.
         x0, y0 = round(cx - side / 2), round(cy - side / 2)
+        # Slide the square back inside the image where it fits: real pixels beat replicated
+        # edges, and a face that fills its photo then gets the framing the photo had.
+        w, h = im.size
+        if side <= w:
+            x0 = min(max(x0, 0), w - side)
+        if side <= h:
+            y0 = min(max(y0, 0), h - side)
         m = np.array([[1.0, 0.0, x0], [0.0, 1.0, y0]])
         flags = cv2.INTER_NEAREST
     else:
