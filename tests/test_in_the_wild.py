@@ -122,7 +122,8 @@ def test_video_gets_video_and_frame_scores(small_run, tmp_path):
     assert r.returncode == 1  # the fake .mp4 failed, and says so
     bad = [x for x in rows if x["path"].endswith("fake.mp4")]
     assert len(bad) == 1 and "not a readable video" in bad[0]["error"]
-    vid = [x for x in rows if x["kind"] == "video"]
+    assert bad[0]["kind"] == "video"
+    vid = [x for x in rows if x["kind"] == "video" and not x["error"]]
     frames = [x for x in rows if x["kind"] == "frame"]
     assert len(vid) == 1 and len(frames) == 4
     assert len({x["frame"] for x in frames}) == 4

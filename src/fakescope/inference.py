@@ -55,6 +55,10 @@ class _Unit:
     row: Row
 
 
+def _kind(path: Path) -> str:
+    return "video" if is_video(path) else "image"
+
+
 def video_score(frame_scores: list[float]) -> float:
     top = sorted(frame_scores, reverse=True)[: max(1, math.ceil(len(frame_scores) / 2))]
     return float(np.mean(top))
@@ -157,9 +161,12 @@ class Predictor:
                 try:
                     units, rows = self._file_units(f)
                 except BadInput as e:
-                    units, rows = [], [Row(str(f), error=str(e))]
+                    units, rows = [], [Row(str(f), error=str(e), kind=_kind(f))]
                 except Exception as e:  # last resort: one odd file must not end the batch
-                    units, rows = [], [Row(str(f), error=f"{f}: {type(e).__name__}: {e}")]
+                    units, rows = (
+                        [],
+                        [Row(str(f), error=f"{f}: {type(e).__name__}: {e}", kind=_kind(f))],
+                    )
                 per_file.append((f, units, rows))
             all_units = [u for _, units, _ in per_file for u in units]
             scores = self.score_images([u.image for u in all_units])
