@@ -347,13 +347,6 @@ def _add_bench(sub):
     )
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--input-size", type=int, default=299)
-    p.add_argument(
-        "--fit",
-        default="resize",
-        choices=["resize", "pad"],
-        help="resize: scale to the input size (the paper's); pad: never upsample, "
-        "centre smaller images on a mean-colour canvas",
-    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--iters", type=int, default=3, help="timed batches per measurement")
     p.add_argument("--device", default="auto")

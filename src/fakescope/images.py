@@ -18,15 +18,21 @@ MAX_PIXELS = 200_000_000
 DRAFT_SIDE = 2048
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open ``path`` as an 8-bit RGB image, upright per its EXIF orientation."""
+def check_file(path: str | Path, what: str) -> Path:
+    """The checks every reader makes first: the path exists, is a file, is not empty."""
     path = Path(path)
     if not path.exists():
         raise BadInput(f"{path}: no such file")
     if path.is_dir():
-        raise BadInput(f"{path}: is a folder, not an image")
+        raise BadInput(f"{path}: is a folder, not {what}")
     if path.stat().st_size == 0:
         raise BadInput(f"{path}: empty file (0 bytes)")
+    return path
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open ``path`` as an 8-bit RGB image, upright per its EXIF orientation."""
+    path = check_file(path, "an image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

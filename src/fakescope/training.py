@@ -98,6 +98,34 @@ def score_loader(model, loader, runtime, desc="scoring", progress=True):
     return s, y, loss_sum / max(len(y), 1)
 
 
+def _train_epoch(model, loader, opt, sched, scaler, runtime, n_batches, desc, progress):
+    """One pass over the training loader; returns (mean BCE loss, images seen)."""
+    model.train()
+    bce = nn.BCEWithLogitsLoss()
+    t0, seen, loss_sum = time.time(), 0, 0.0
+    bar = tqdm(total=n_batches, desc=desc, disable=not progress, unit="batch")
+    for b, (x, y, _) in enumerate(loader):
+        if b >= n_batches:
+            break
+        x, y = runtime.batch(x), y.float().to(runtime.device)
+        with runtime.autocast():
+            logit = model(x).float().squeeze(1)
+        loss = bce(logit, y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        if sched is not None:
+            sched.step()
+        seen += len(y)
+        loss_sum += loss.item() * len(y)
+        ips = seen / max(time.time() - t0, 1e-9)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{ips:.1f}")
+        bar.update(1)
+    bar.close()
+    return loss_sum / max(seen, 1), seen
+
+
 def n_batches_per_epoch(n_images: int, cfg: TrainConfig) -> int:
     n = -(-n_images // cfg.batch_size)
     return min(n, cfg.max_train_batches) if cfg.max_train_batches else n
@@ -189,7 +217,6 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
     )
     val_ds = D.ImageDataset(cfg.data, val_s, cfg.input_size, None, cfg.seed, prepare, fit=cfg.fit)
     val_loader = make_loader(val_ds, cfg.batch_size, False, cfg.workers)
-    bce = nn.BCEWithLogitsLoss()
     # fp16 gradients underflow without loss scaling; a disabled scaler is a no-op elsewhere
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
 
@@ -243,35 +270,18 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
             loader = make_loader(
                 train_ds, cfg.batch_size, True, cfg.workers, seed=cfg.seed + epoch + 100 * step
             )
-            model.train()
-            n_batches = n_batches_per_epoch(len(train_ds), cfg)
-            t0, seen, loss_sum = time.time(), 0, 0.0
-            bar = tqdm(
-                total=n_batches,
-                desc=f"step {step + 1} epoch {epoch + 1}",
-                disable=not progress,
-                unit="batch",
+            t0 = time.time()
+            train_loss, seen = _train_epoch(
+                model,
+                loader,
+                opt,
+                sched,
+                scaler,
+                runtime,
+                n_batches_per_epoch(len(train_ds), cfg),
+                f"step {step + 1} epoch {epoch + 1}",
+                progress,
             )
-            for b, (x, y, _) in enumerate(loader):
-                if b >= n_batches:
-                    break
-                x, y = runtime.batch(x), y.float().to(runtime.device)
-                with runtime.autocast():
-                    logit = model(x).float().squeeze(1)
-                loss = bce(logit, y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                if sched is not None:
-                    sched.step()
-                seen += len(y)
-                loss_sum += loss.item() * len(y)
-                ips = seen / max(time.time() - t0, 1e-9)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{ips:.1f}")
-                bar.update(1)
-            bar.close()
-            train_loss = loss_sum / max(seen, 1)
             s, yv, val_loss = score_loader(model, val_loader, runtime, "validating", progress)
             free = M.threshold_free(yv, s)
             acc = M.at_threshold(yv, s, 0.5)["accuracy"]

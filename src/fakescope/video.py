@@ -11,15 +11,11 @@ import numpy as np
 from PIL import Image
 
 from .errors import BadInput
+from .images import check_file
 
 
 def _open(path: Path):
-    if not path.exists():
-        raise BadInput(f"{path}: no such file")
-    if path.is_dir():
-        raise BadInput(f"{path}: is a folder, not a video")
-    if path.stat().st_size == 0:
-        raise BadInput(f"{path}: empty file (0 bytes)")
+    check_file(path, "a video")
     try:
         container = av.open(str(path), mode="r")
     except Exception as e:  # PyAV raises many types here (InvalidDataError, OSError, ...)
