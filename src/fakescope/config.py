@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 
 @dataclass
@@ -43,7 +43,6 @@ class TrainConfig:
     max_train_batches: int = 0  # >0 caps batches per epoch (smoke tests)
     limit_per_class: int = 0  # >0 caps images per class and split (smoke tests)
     tensorboard: bool = True
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -114,9 +114,9 @@ def load_samples(root, splits_file=None, seed: int = 0, exclude=()) -> tuple[lis
     return samples, origin
 
 
-def all_as(samples_or_root, split="all") -> list[Sample]:
+def all_as(root, split="all") -> list[Sample]:
     """Every image of a folder under one split name (for scoring data without splits.csv)."""
-    return [Sample(rel, label, split, _source(rel)) for rel, label in scan(samples_or_root)]
+    return [Sample(rel, label, split, _source(rel)) for rel, label in scan(root)]
 
 
 def fingerprint(root, samples: list[Sample]) -> dict:

@@ -24,8 +24,6 @@ from .errors import BadInput, FakescopeError
 from .images import is_video, list_files, load_rgb
 from .runs import Run, load_run
 
-FACE_MODES = ("auto", "always", "never")
-
 
 @dataclass
 class Row:
@@ -77,8 +75,6 @@ class Predictor:
         progress=True,
     ):
         self.run = run if isinstance(run, Run) else load_run(run)
-        if faces not in FACE_MODES:
-            raise FakescopeError(f"--faces must be one of {', '.join(FACE_MODES)}")
         self.runtime = select_runtime(device)
         self.model = self.runtime.prepare(self.run.model).eval()
         self.batch_size, self.frames, self.progress = batch_size, frames, progress
