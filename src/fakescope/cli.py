@@ -255,6 +255,12 @@ def _add_predict(sub):
         help="auto: detect faces unless the image is already a face crop",
     )
     p.add_argument("--frames", type=int, default=16, help="frames sampled per video")
+    p.add_argument(
+        "--face-margin",
+        type=float,
+        default=None,
+        help="crop side / face box side; unset: the margin stored in the run",
+    )
     p.add_argument("--threshold", type=float, default=None, help="override the stored one")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
@@ -288,6 +294,7 @@ def cmd_predict(a) -> int:
         device=a.device,
         batch_size=a.batch_size,
         faces=a.faces,
+        face_margin=a.face_margin,
         frames=a.frames,
         threshold=a.threshold,
     )
