@@ -6,7 +6,6 @@ here tunes on the split it reports.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -181,7 +180,3 @@ def headline(m: dict) -> str:
         f"{m['split']} split of {m['data']} ({m['n_real']} real, {m['n_fake']} fake) at "
         f"threshold {m['threshold']:.4f}:\n  {vals}"
     )
-
-
-def load_metrics(path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -222,9 +222,6 @@ class FaceCropper:
                 best, best_off = f, off
         return best
 
-    def is_tight(self, im: Image.Image, faces: list[Face]) -> bool:
-        return self.tight_face(im, faces) is not None
-
     def crops(self, im: Image.Image) -> list[tuple[Face | None, Image.Image]]:
         if self.mode == "never":
             return [(None, im)]
