@@ -31,6 +31,18 @@ def test_gap_head_and_freezing_mobilenet():
     assert m.fc.training
 
 
+def test_freeze_bn_keeps_statistics_but_trains_affine_weights():
+    m = Detector("mobilenet_v2", "gap", 96, weights="none")
+    m.freeze_bn = True
+    m.train()
+    bns = [x for x in m.features.modules() if isinstance(x, torch.nn.BatchNorm2d)]
+    before = [b.running_mean.clone() for b in bns]
+    m(torch.randn(4, 3, 96, 96) * 3 + 1).sum().backward()
+    assert all(torch.equal(a, b.running_mean) for a, b in zip(before, bns, strict=True))
+    assert all(b.weight.grad is not None and b.weight.requires_grad for b in bns)
+    assert m.fc.training and not bns[0].training
+
+
 def test_imagenet_weights_through_torchvision_cache():
     """torchvision's own loader finds the file in $TORCH_HOME (seeded by conftest)."""
     net = build_backbone("mobilenet_v2", "imagenet")

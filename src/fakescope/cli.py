@@ -70,6 +70,24 @@ def _add_train(sub):
         help="constant (the paper's) or cosine decay to 0 over --epochs",
     )
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--freeze-bn",
+        action="store_true",
+        help="keep BatchNorm statistics at their ImageNet values (affine weights still train)",
+    )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        help="decay of an exponential moving average of the weights (e.g. 0.998); the "
+        "averaged weights are validated, kept and saved. 0 = off",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation stored in the run: every score (validation, "
+        "evaluate, predict) averages the image and its mirror image; twice the inference cost",
+    )
     p.add_argument("--epochs", type=int, default=10, help="max epochs per step")
     p.add_argument(
         "--patience",

@@ -20,6 +20,13 @@ class TrainConfig:
     batch_size: int = 16
     epochs: int = 10  # per step, upper bound; early stopping usually ends sooner
     patience: int = 2  # epochs without a validation-loss improvement before a step stops
+    # BatchNorm layers keep their ImageNet statistics (eval mode) while their affine weights train:
+    # steadier with small batches and ~15% faster on a CPU
+    freeze_bn: bool = False
+    ema: float = 0.0  # >0: keep an exponential moving average of the weights with this decay
+    # Score each image and its mirror image and average the logits, in validation and in every
+    # later use of the run (stored in it): more reliable ranking at twice the inference cost
+    tta: bool = False
     steps: int = 3  # how many of the three steps to run; the paper found step 1 alone best
     # Backbone stages frozen in steps 1, 2, 3 (stages: stem, stage1..stage4; see model.py)
     freeze_stages: tuple[int, ...] = (0, 3, 4)

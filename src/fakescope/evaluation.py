@@ -115,6 +115,7 @@ def evaluate(
         predictor.runtime,
         f"scoring {split}",
         progress,
+        run.tta,
     )
     thr = run.threshold
     result = M.summarize(y, s, thr)

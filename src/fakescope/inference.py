@@ -22,6 +22,7 @@ from .data import to_tensor
 from .device import select_runtime
 from .errors import BadInput, FakescopeError
 from .images import is_video, list_files, load_rgb
+from .model import fake_logits
 from .runs import Run, load_run
 
 
@@ -99,7 +100,8 @@ class Predictor:
         for i in range(0, len(images), self.batch_size):
             x = self.runtime.batch(self.tensors(images[i : i + self.batch_size]))
             with self.runtime.autocast():
-                out.append(torch.sigmoid(self.model(x).float()).squeeze(1).cpu().numpy())
+                logit = fake_logits(self.model, x, self.run.tta).float()
+                out.append(torch.sigmoid(logit).squeeze(1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
 
     def verdict(self, score: float) -> str:

@@ -74,6 +74,11 @@ class Run:
         return self.meta["model"].get("fit", "resize")
 
     @property
+    def tta(self) -> bool:
+        """Whether scores average each image with its mirror image (set at training)."""
+        return self.meta["model"].get("tta", "none") == "hflip"
+
+    @property
     def mean(self):
         return tuple(self.meta["model"]["mean"])
 

@@ -25,7 +25,7 @@ from . import metrics as M
 from .config import TrainConfig
 from .device import select_runtime
 from .errors import FakescopeError
-from .model import Detector
+from .model import Detector, fake_logits
 from .runs import (
     META,
     WEIGHTS,
@@ -82,14 +82,15 @@ def make_loader(dataset, batch_size, shuffle, workers, seed=0):
 
 
 @torch.no_grad()
-def score_loader(model, loader, runtime, desc="scoring", progress=True):
-    """Probabilities, labels and mean BCE loss of a model over a loader."""
+def score_loader(model, loader, runtime, desc="scoring", progress=True, tta=False):
+    """Probabilities, labels and mean BCE loss of a model over a loader (``tta``: average the
+    logits of each image and its mirror image)."""
     model.eval()
     scores, labels, loss_sum = [], [], 0.0
     bce = nn.BCEWithLogitsLoss(reduction="sum")
     for x, y, _ in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
         with runtime.autocast():
-            logit = model(runtime.batch(x)).float().squeeze(1)
+            logit = fake_logits(model, runtime.batch(x), tta).float().squeeze(1)
         y = y.float().to(logit.device)
         loss_sum += float(bce(logit, y))
         scores.append(torch.sigmoid(logit).cpu())
@@ -98,7 +99,7 @@ def score_loader(model, loader, runtime, desc="scoring", progress=True):
     return s, y, loss_sum / max(len(y), 1)
 
 
-def _train_epoch(model, loader, opt, sched, scaler, runtime, n_batches, desc, progress):
+def _train_epoch(model, loader, opt, sched, scaler, runtime, n_batches, desc, progress, ema=None):
     """One pass over the training loader; returns (mean BCE loss, images seen)."""
     model.train()
     bce = nn.BCEWithLogitsLoss()
@@ -115,6 +116,8 @@ def _train_epoch(model, loader, opt, sched, scaler, runtime, n_batches, desc, pr
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
+        if ema is not None:
+            ema.update_parameters(model)
         if sched is not None:
             sched.step()
         seen += len(y)
@@ -143,6 +146,17 @@ def _scheduler(cfg: TrainConfig, opt, batches_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total))
     )
+
+
+def _weight_average(cfg: TrainConfig, model):
+    """An exponential moving average of the weights (and BatchNorm buffers), or None."""
+    if not cfg.ema:
+        return None
+    if not 0 < cfg.ema < 1:
+        raise FakescopeError("--ema must be between 0 and 1 (e.g. 0.99), or 0 for off")
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
 
 
 def _face_framing(cfg: TrainConfig, train_ds, n: int = 32) -> dict:
@@ -200,6 +214,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
         raise FakescopeError(f"{cfg.data}: need train and val images of both classes")
 
     model = Detector(cfg.backbone, cfg.head, cfg.input_size, cfg.weights)
+    model.freeze_bn = cfg.freeze_bn
     model = runtime.prepare(model)
     prepare = _prepare_fn(cfg)
     aug = D.Augment(
@@ -253,6 +268,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
         f"{len(train_s)} train / {len(val_s)} val images ({origin}); device {runtime.describe()}; "
         f"trainable parameters in the head: {model.head_parameters():,}"
     )
+    best_val = None
     for step in range(state["step"], cfg.steps):
         model.freeze(cfg.freeze_stages[step])
         params = [p for p in model.parameters() if p.requires_grad]
@@ -262,7 +278,10 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
             load_resume(resume_dir, model, opt)
             for _ in range(state["epoch"] * n_batches_per_epoch(len(train_ds), cfg) * bool(sched)):
                 sched.step()
+        ema = _weight_average(cfg, model)  # restarts with each step, from its starting weights
+        scored = model if ema is None else ema.module  # what is validated and kept
         best_file = resume_dir / f"best_step{step + 1}.safetensors"
+        best_val = None  # the best epoch's validation scores, reused for calibration
         resume_dir.mkdir(exist_ok=True)
         while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
             epoch = state["epoch"]
@@ -281,8 +300,11 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
                 n_batches_per_epoch(len(train_ds), cfg),
                 f"step {step + 1} epoch {epoch + 1}",
                 progress,
+                ema,
             )
-            s, yv, val_loss = score_loader(model, val_loader, runtime, "validating", progress)
+            s, yv, val_loss = score_loader(
+                scored, val_loader, runtime, "validating", progress, cfg.tta
+            )
             free = M.threshold_free(yv, s)
             acc = M.at_threshold(yv, s, 0.5)["accuracy"]
             secs = time.time() - t0
@@ -314,7 +336,8 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
             )
             if improved:
                 state["best_loss"], state["bad_epochs"] = val_loss, 0
-                save_weights(model, best_file)
+                save_weights(scored, best_file)
+                best_val = (s, yv)
             else:
                 state["bad_epochs"] += 1
             state["epoch"] += 1
@@ -338,7 +361,10 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
 
     faces_meta = _face_framing(cfg, train_ds)
     # Calibrate on the validation split only; the test split is never looked at here.
-    s, yv, _ = score_loader(model, val_loader, runtime, "calibrating", progress)
+    if best_val is None:  # resumed after the last step's best epoch: score its weights again
+        s, yv, _ = score_loader(model, val_loader, runtime, "calibrating", progress, cfg.tta)
+    else:
+        s, yv = best_val
     thr = M.ideal_thresholds(yv, s)
     # the paper's open question, asked on the split the threshold came from
     thr["kde_intersection"] = M.kde_analysis(yv, s).get("main_intersection")
@@ -356,6 +382,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
             "feature_shape": list(model.feature_shape),
             "head_parameters": model.head_parameters(),
             "output": "one logit; sigmoid gives P(fake)",
+            "tta": "hflip" if cfg.tta else "none",
         },
         "threshold": {
             "value": thr["youden"],
