@@ -41,7 +41,7 @@ def tiny_run(out, **kw):
 
 @pytest.fixture(scope="module")
 def tta_run(tmp_path_factory):
-    return tiny_run(tmp_path_factory.mktemp("runs") / "tta", tta=True)
+    return tiny_run(tmp_path_factory.mktemp("runs") / "tta", tta=True, label_smoothing=0.1)
 
 
 def test_tta_is_stored_and_used_by_predict_and_evaluate(tta_run, tmp_path):
@@ -62,6 +62,15 @@ def test_tta_is_stored_and_used_by_predict_and_evaluate(tta_run, tmp_path):
     rows = {r["path"]: float(r["score"]) for r in csv.DictReader(open(tmp_path / "scores.csv"))}
     scored = [v for k, v in rows.items() if k.endswith(img.name)]
     assert scored and scored[0] == pytest.approx(expected, abs=1e-4)
+
+
+def test_bad_option_values_are_clear_errors(tmp_path):
+    from fakescope.errors import FakescopeError
+
+    with pytest.raises(FakescopeError, match="label-smoothing"):
+        tiny_run(tmp_path / "a", label_smoothing=1.5)
+    with pytest.raises(FakescopeError, match="--ema"):
+        tiny_run(tmp_path / "b", ema=2.0)
 
 
 def test_ema_keeps_averaged_weights(tmp_path):

@@ -88,6 +88,13 @@ def _add_train(sub):
         help="test-time augmentation stored in the run: every score (validation, "
         "evaluate, predict) averages the image and its mirror image; twice the inference cost",
     )
+    p.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.0,
+        help="train on targets eps/2 and 1-eps/2 instead of 0 and 1 (e.g. 0.1); "
+        "validation loss always uses the true labels",
+    )
     p.add_argument("--epochs", type=int, default=10, help="max epochs per step")
     p.add_argument(
         "--patience",

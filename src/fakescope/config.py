@@ -27,6 +27,7 @@ class TrainConfig:
     # Score each image and its mirror image and average the logits, in validation and in every
     # later use of the run (stored in it): more reliable ranking at twice the inference cost
     tta: bool = False
+    label_smoothing: float = 0.0  # train on targets eps/2 and 1-eps/2 instead of 0 and 1
     steps: int = 3  # how many of the three steps to run; the paper found step 1 alone best
     # Backbone stages frozen in steps 1, 2, 3 (stages: stem, stage1..stage4; see model.py)
     freeze_stages: tuple[int, ...] = (0, 3, 4)

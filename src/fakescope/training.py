@@ -99,7 +99,9 @@ def score_loader(model, loader, runtime, desc="scoring", progress=True, tta=Fals
     return s, y, loss_sum / max(len(y), 1)
 
 
-def _train_epoch(model, loader, opt, sched, scaler, runtime, n_batches, desc, progress, ema=None):
+def _train_epoch(
+    model, loader, opt, sched, scaler, runtime, n_batches, desc, progress, ema=None, smooth=0.0
+):
     """One pass over the training loader; returns (mean BCE loss, images seen)."""
     model.train()
     bce = nn.BCEWithLogitsLoss()
@@ -111,7 +113,7 @@ def _train_epoch(model, loader, opt, sched, scaler, runtime, n_batches, desc, pr
         x, y = runtime.batch(x), y.float().to(runtime.device)
         with runtime.autocast():
             logit = model(x).float().squeeze(1)
-        loss = bce(logit, y)
+        loss = bce(logit, y * (1 - smooth) + smooth / 2)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -199,6 +201,8 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
         raise FakescopeError("--steps must be 1, 2 or 3")
     if len(cfg.freeze_stages) < cfg.steps:
         raise FakescopeError(f"--freeze-stages needs one value per step ({cfg.steps})")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise FakescopeError("--label-smoothing must be in [0, 1), e.g. 0.1")
     out = Path(cfg.out)
     if (out / META).exists() and not resume:
         raise FakescopeError(f"{out}: a finished run is already there; pick another --out")
@@ -301,6 +305,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
                 f"step {step + 1} epoch {epoch + 1}",
                 progress,
                 ema,
+                cfg.label_smoothing,
             )
             s, yv, val_loss = score_loader(
                 scored, val_loader, runtime, "validating", progress, cfg.tta
