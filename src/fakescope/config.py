@@ -21,7 +21,7 @@ class TrainConfig:
     epochs: int = 10  # per step, upper bound; early stopping usually ends sooner
     patience: int = 2  # epochs without a validation-loss improvement before a step stops
     # BatchNorm layers keep their ImageNet statistics (eval mode) while their affine weights train:
-    # steadier with small batches and ~15% faster on a CPU
+    # ~18% faster steps on a CPU, but it learnt much more slowly on sg-ffhq (docs/results.md)
     freeze_bn: bool = False
     ema: float = 0.0  # >0: keep an exponential moving average of the weights with this decay
     # Score each image and its mirror image and average the logits, in validation and in every

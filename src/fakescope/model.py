@@ -62,6 +62,7 @@ class Detector(nn.Module):
         family = _family(backbone)
         net = build_backbone(backbone, weights)
         self.backbone_name, self.head_name, self.input_size = backbone, head, input_size
+        self.freeze_bn = False  # True: BatchNorm keeps its running statistics while training
         self.features, self._stages = _trunk_and_stages(net, family)
         with torch.no_grad():
             was = self.features.training
@@ -101,9 +102,9 @@ class Detector(nn.Module):
         for stage in self._stages[: getattr(self, "_frozen", 0)]:
             for m in stage:
                 m.eval()
-        if getattr(self, "freeze_bn", False):
+        if self.freeze_bn:
             for m in self.features.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if isinstance(m, nn.BatchNorm2d):
                     m.eval()
         return self
 
