@@ -11,4 +11,4 @@ OUT=${OUT:-runs/demo}
 rm -rf "$OUT"  # the demo's own output from an earlier run
 exec .venv/bin/fakescope train --data "$DATA" --out "$OUT" \
   --backbone mobilenet_v2 --head gap --weights "$WEIGHTS" \
-  --steps 1 --epochs 3 --lr 2e-4 --lr-schedule cosine --batch-size 8 --tta "$@"
+  --steps 1 --epochs 4 --lr 2e-4 --lr-schedule cosine --batch-size 8 --tta "$@"

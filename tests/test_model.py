@@ -73,3 +73,26 @@ def test_wrong_weights_file_is_refused(tmp_path):
 def test_unknown_backbone():
     with pytest.raises(FakescopeError, match="not supported"):
         Detector("vit_b_16", weights="none")
+
+
+def test_inference_model_folds_batchnorm_and_keeps_scores():
+    """Scoring uses a copy with BatchNorm folded into the convolutions; on real faces and the
+    real ImageNet weights it must give the original's logits, and leave the original intact."""
+    from fakescope.data import to_tensor
+    from fakescope.images import load_rgb
+    from fakescope.model import inference_model
+
+    from .conftest import sg_images
+
+    m = Detector("mobilenet_v2", "gap", 299, weights=str(MOBILENET_FILE)).eval()
+    x = torch.stack([to_tensor(load_rgb(p), 299) for p in sg_images("fake", n=2)])
+    fast = inference_model(m)
+    bn = torch.nn.BatchNorm2d
+    assert not any(isinstance(q, bn) for q in fast.modules())
+    assert sum(isinstance(q, bn) for q in m.modules()) == 52  # the original keeps all of them
+    with torch.no_grad():
+        want, got = m(x), fast(x)
+    assert want.abs().max() > 0.01  # a real signal, not zeros
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    m.train()  # the original still trains: its BatchNorm layers follow train mode
+    assert all(q.training for q in m.modules() if isinstance(q, bn))

@@ -22,7 +22,7 @@ from .data import to_tensor
 from .device import select_runtime
 from .errors import BadInput, FakescopeError
 from .images import is_video, list_files, load_rgb
-from .model import fake_logits
+from .model import fake_logits, inference_model
 from .runs import Run, load_run
 
 
@@ -77,7 +77,8 @@ class Predictor:
     ):
         self.run = run if isinstance(run, Run) else load_run(run)
         self.runtime = select_runtime(device)
-        self.model = self.runtime.prepare(self.run.model).eval()
+        self.model = self.runtime.prepare(self.run.model).eval()  # Grad-CAM reads this one
+        self.scoring_model = self.runtime.prepare(inference_model(self.model))  # BN folded
         self.batch_size, self.frames, self.progress = batch_size, frames, progress
         self.threshold = self.run.threshold if threshold is None else float(threshold)
         self.faces = faces
@@ -100,7 +101,7 @@ class Predictor:
         for i in range(0, len(images), self.batch_size):
             x = self.runtime.batch(self.tensors(images[i : i + self.batch_size]))
             with self.runtime.autocast():
-                logit = fake_logits(self.model, x, self.run.tta).float()
+                logit = fake_logits(self.scoring_model, x, self.run.tta).float()
                 out.append(torch.sigmoid(logit).squeeze(1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
 

@@ -25,7 +25,7 @@ from . import metrics as M
 from .config import TrainConfig
 from .device import select_runtime
 from .errors import FakescopeError
-from .model import Detector, fake_logits
+from .model import Detector, fake_logits, inference_model
 from .runs import (
     META,
     WEIGHTS,
@@ -84,8 +84,9 @@ def make_loader(dataset, batch_size, shuffle, workers, seed=0):
 @torch.no_grad()
 def score_loader(model, loader, runtime, desc="scoring", progress=True, tta=False):
     """Probabilities, labels and mean BCE loss of a model over a loader (``tta``: average the
-    logits of each image and its mirror image)."""
-    model.eval()
+    logits of each image and its mirror image). ``model`` itself is left untouched: a copy with
+    BatchNorm folded into the convolutions does the scoring."""
+    model = runtime.prepare(inference_model(model))
     scores, labels, loss_sum = [], [], 0.0
     bce = nn.BCEWithLogitsLoss(reduction="sum")
     for x, y, _ in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):

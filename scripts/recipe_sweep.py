@@ -1,0 +1,158 @@
+"""Train recipes x seeds and tabulate their validation and test metrics, one CSV row per run.
+
+Recipes are *chosen* on the validation columns; the test columns are reported, never used to pick.
+Meant for a machine with spare throughput (a GPU, or many cores); on the 2-core CPU one run of
+the demo recipe takes 12 minutes. ``--fp32`` keeps a GPU in plain fp32 (no autocast, no TF32) so
+that its numbers speak for the CPU's fp32 training, which differs only in summation order.
+
+    python scripts/recipe_sweep.py --data ../shared/data/sg-ffhq \
+        --weights ../shared/weights/mobilenet_v2-b0353104.pth --seeds 0-4 --jobs 4 --fp32 \
+        --out runs/sweep base ep4 flatten
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+# The demo recipe (scripts/demo.sh) and variations of it, each a set of TrainConfig overrides.
+BASE = dict(
+    backbone="mobilenet_v2",
+    head="gap",
+    steps=1,
+    epochs=3,
+    lr=2e-4,
+    lr_schedule="cosine",
+    batch_size=8,
+    tta=True,
+)
+RECIPES = {
+    "base": {},
+    "ep4": dict(epochs=4),
+    "ep5": dict(epochs=5),
+    "flatten": dict(head="flatten"),
+    "pad": dict(fit="pad"),
+    "crop85": dict(crop_scale=0.85),
+    "ls05": dict(label_smoothing=0.05),
+    "b16": dict(batch_size=16, lr=4e-4),
+    "ep4_lr3": dict(epochs=4, lr=3e-4),
+}
+FIELDS = [
+    "recipe",
+    "seed",
+    "train_s",
+    "threshold",
+    "val_auc",
+    "val_f1",
+    "test_auc",
+    "test_f1",
+    "test_precision",
+    "test_recall",
+    "test_errors",
+    "test_f1_at_f1_thr",
+]
+
+
+def _fp32_runtime():
+    """Plain fp32 on CUDA: TF32 off and no autocast, as the CPU trains."""
+    import torch
+
+    from fakescope import device, inference, training
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+    def select(name="auto", fast=True):
+        rt = device.select_runtime(name, fast)
+        return device.Runtime(rt.device, None, rt.channels_last)
+
+    training.select_runtime = select
+    inference.select_runtime = select
+
+
+def run_one(recipe: str, seed: int, args) -> dict:
+    from fakescope import TrainConfig, evaluate, train
+
+    if args.fp32:
+        _fp32_runtime()
+    out = Path(args.out) / f"{recipe}-s{seed}"
+    cfg = TrainConfig(
+        **{**BASE, **RECIPES[recipe]},
+        data=args.data,
+        weights=args.weights,
+        seed=seed,
+        out=str(out),
+        workers=args.workers,
+        tensorboard=False,
+    )
+    t0 = time.time()
+    train(cfg, progress=False)
+    secs = time.time() - t0
+    row = {"recipe": recipe, "seed": seed, "train_s": round(secs, 1)}
+    for split in ("val", "test"):
+        m = evaluate(out, args.data, split=split, explain=0, progress=False)
+        row["threshold"] = round(m["threshold"], 4)
+        row[f"{split}_auc"] = round(m["auc"], 4)
+        row[f"{split}_f1"] = round(m["f1"], 4)
+        if split == "test":
+            row["test_precision"] = round(m["precision"], 4)
+            row["test_recall"] = round(m["recall"], 4)
+            row["test_errors"] = m["confusion"]["fp"] + m["confusion"]["fn"]
+            row["test_f1_at_f1_thr"] = round(m["at_f1_threshold"]["f1"], 4)
+    return row
+
+
+def parse_seeds(text: str) -> list[int]:
+    if "-" in text:
+        a, b = text.split("-")
+        return list(range(int(a), int(b) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("recipes", nargs="+", choices=sorted(RECIPES))
+    p.add_argument("--data", default="../shared/data/sg-ffhq")
+    p.add_argument("--weights", default="../shared/weights/mobilenet_v2-b0353104.pth")
+    p.add_argument("--seeds", default="0-2", help="e.g. 0-4 or 0,3,7")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (each its own process)")
+    p.add_argument("--workers", type=int, default=2, help="data-loading workers per run")
+    p.add_argument("--fp32", action="store_true", help="no autocast/TF32 on a GPU")
+    p.add_argument("--out", default="runs/sweep")
+    p.add_argument("--csv", default=None, help="results file (default OUT/sweep.csv)")
+    args = p.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    csv_path = Path(args.csv or Path(args.out) / "sweep.csv")
+    new = not csv_path.exists()
+    # seed-major, so that a sweep cut short still has every recipe at its first seeds
+    jobs = [(r, s) for s in parse_seeds(args.seeds) for r in args.recipes]
+    with (
+        open(csv_path, "a", newline="") as fh,
+        ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool,
+    ):
+        w = csv.DictWriter(fh, FIELDS)
+        if new:
+            w.writeheader()
+        futures = {pool.submit(run_one, r, s, args): (r, s) for r, s in jobs}
+        for fut in as_completed(futures):
+            r, s = futures[fut]
+            try:
+                row = fut.result()
+            except Exception as e:  # one failed run must not lose the others' rows
+                print(f"{r} seed {s}: failed: {e}", file=sys.stderr, flush=True)
+                continue
+            w.writerow(row)
+            fh.flush()
+            print(", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
