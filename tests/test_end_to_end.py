@@ -148,3 +148,11 @@ def test_resume_finishes_an_interrupted_run(small_run, tmp_path):
     train(cfg, progress=False, resume=True)
     assert len(list(csv.DictReader(open(run / "log.csv")))) == 2  # no extra epochs
     assert load_run(run).threshold == pytest.approx(meta["threshold"]["value"], abs=1e-6)
+
+
+def test_cli_bad_number_lists_are_clear_errors(tmp_path):
+    for flag, value in (("--epochs", "x"), ("--freeze-stages", "1,a")):
+        r = cli("train", "--data", SG, "--out", tmp_path / "never", flag, value)
+        assert r.returncode == 2
+        assert f"argument {flag}: '{value}': expected comma-separated whole numbers" in r.stderr
+        assert "Traceback" not in r.stderr

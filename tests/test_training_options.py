@@ -83,3 +83,28 @@ def test_ema_keeps_averaged_weights(tmp_path):
     moved_plain = (plain[key] - start[key]).norm()
     moved_ema = (ema[key] - start[key]).norm()
     assert 0 < moved_ema < moved_plain
+
+
+def test_epochs_per_step(tmp_path):
+    """--epochs 1,2 with two steps: one epoch with stem and stage1 frozen, then two with all
+    layers; each step's cosine schedule ends at zero, and the stored config round-trips."""
+    run = tiny_run(
+        tmp_path / "steps",
+        steps=2,
+        freeze_stages=(2, 0),
+        epochs=(1, 2),
+        lr_schedule="cosine",
+        patience=5,
+    )
+    with open(run / "log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["step"], r["epoch"], r["frozen_stages"]) for r in rows] == [
+        ("1", "1", "2"),
+        ("2", "1", "0"),
+        ("2", "2", "0"),
+    ]
+    assert float(rows[0]["lr"]) == 0 and float(rows[1]["lr"]) > 0 and float(rows[2]["lr"]) == 0
+    meta = load_run(run).meta
+    assert TrainConfig.from_dict(meta["train"]).epochs == (1, 2)
+    with pytest.raises(Exception, match="one per step"):
+        tiny_run(tmp_path / "bad", steps=3, epochs=(1, 2))

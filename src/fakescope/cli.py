@@ -16,8 +16,19 @@ def _csv_list(s: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in s.split(",") if x.strip())
 
 
+def _epochs(s: str) -> int | tuple[int, ...]:
+    v = _int_list(s)
+    return v[0] if len(v) == 1 else v
+
+
 def _int_list(s: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in _csv_list(s))
+    try:
+        v = tuple(int(x) for x in _csv_list(s))
+    except ValueError:
+        v = ()
+    if not v:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected comma-separated whole numbers, e.g. 1,3")
+    return v
 
 
 def _add_train(sub):
@@ -95,7 +106,12 @@ def _add_train(sub):
         help="train on targets eps/2 and 1-eps/2 instead of 0 and 1 (e.g. 0.1); "
         "validation loss always uses the true labels",
     )
-    p.add_argument("--epochs", type=int, default=10, help="max epochs per step")
+    p.add_argument(
+        "--epochs",
+        type=_epochs,
+        default=10,
+        help="max epochs per step: one number for every step, or one per step (e.g. 1,3)",
+    )
     p.add_argument(
         "--patience",
         type=int,

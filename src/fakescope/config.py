@@ -18,7 +18,9 @@ class TrainConfig:
     lr: float = 1e-3
     lr_schedule: str = "constant"  # "constant" (paper) or "cosine" (decay to 0 over `epochs`)
     batch_size: int = 16
-    epochs: int = 10  # per step, upper bound; early stopping usually ends sooner
+    # Max epochs per step (early stopping usually ends sooner): one number for every step, or
+    # one per step, e.g. (1, 3): a short step with the stem frozen, then a longer full one
+    epochs: int | tuple[int, ...] = 10
     patience: int = 2  # epochs without a validation-loss improvement before a step stops
     # BatchNorm layers keep their ImageNet statistics (eval mode) while their affine weights train:
     # ~18% faster steps on a CPU, but it learnt much more slowly on sg-ffhq (docs/results.md)
@@ -52,6 +54,10 @@ class TrainConfig:
     limit_per_class: int = 0  # >0 caps images per class and split (smoke tests)
     tensorboard: bool = True
 
+    def epochs_of(self, step: int) -> int:
+        """Max epochs of step ``step`` (0-based)."""
+        return self.epochs if isinstance(self.epochs, int) else self.epochs[step]
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -59,7 +65,7 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
-        for k in ("freeze_stages", "exclude", "jpeg_quality"):
-            if k in kw and kw[k] is not None:
+        for k in ("freeze_stages", "exclude", "jpeg_quality", "epochs"):
+            if isinstance(kw.get(k), list):
                 kw[k] = tuple(kw[k])
         return cls(**kw)

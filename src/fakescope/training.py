@@ -137,7 +137,7 @@ def n_batches_per_epoch(n_images: int, cfg: TrainConfig) -> int:
     return min(n, cfg.max_train_batches) if cfg.max_train_batches else n
 
 
-def _scheduler(cfg: TrainConfig, opt, batches_per_epoch: int):
+def _scheduler(cfg: TrainConfig, opt, batches_per_epoch: int, epochs: int):
     """``constant`` is the paper's; ``cosine`` decays to zero over the step's ``epochs``, which
     helps when a CPU affords only a few epochs. Resumed steps restart the schedule at the
     resumed epoch (the caller fast-forwards it)."""
@@ -145,7 +145,7 @@ def _scheduler(cfg: TrainConfig, opt, batches_per_epoch: int):
         return None
     if cfg.lr_schedule != "cosine":
         raise FakescopeError("--lr-schedule must be constant or cosine")
-    total = max(1, cfg.epochs * batches_per_epoch)
+    total = max(1, epochs * batches_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total))
     )
@@ -202,6 +202,8 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
         raise FakescopeError("--steps must be 1, 2 or 3")
     if len(cfg.freeze_stages) < cfg.steps:
         raise FakescopeError(f"--freeze-stages needs one value per step ({cfg.steps})")
+    if not isinstance(cfg.epochs, int) and len(cfg.epochs) < cfg.steps:
+        raise FakescopeError(f"--epochs needs one number, or one per step ({cfg.steps})")
     if not 0 <= cfg.label_smoothing < 1:
         raise FakescopeError("--label-smoothing must be in [0, 1), e.g. 0.1")
     out = Path(cfg.out)
@@ -278,7 +280,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
         model.freeze(cfg.freeze_stages[step])
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg.lr)
-        sched = _scheduler(cfg, opt, n_batches_per_epoch(len(train_ds), cfg))
+        sched = _scheduler(cfg, opt, n_batches_per_epoch(len(train_ds), cfg), cfg.epochs_of(step))
         if resume and state["epoch"] > 0:
             load_resume(resume_dir, model, opt)
             for _ in range(state["epoch"] * n_batches_per_epoch(len(train_ds), cfg) * bool(sched)):
@@ -288,7 +290,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
         best_file = resume_dir / f"best_step{step + 1}.safetensors"
         best_val = None  # the best epoch's validation scores, reused for calibration
         resume_dir.mkdir(exist_ok=True)
-        while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+        while state["epoch"] < cfg.epochs_of(step) and state["bad_epochs"] < cfg.patience:
             epoch = state["epoch"]
             train_ds.epoch = epoch + 100 * step
             loader = make_loader(
