@@ -46,6 +46,7 @@ class Runtime:
     device: torch.device
     amp_dtype: torch.dtype | None  # autocast dtype, None for plain fp32
     channels_last: bool
+    malloc_keeps_memory: bool = False  # keep_freed_memory() took effect
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -66,7 +67,10 @@ class Runtime:
 
     def describe(self) -> str:
         amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
-        return f"{self.device.type} ({amp}{', channels_last' if self.channels_last else ''})"
+        extra = ", channels_last" if self.channels_last else ""
+        if self.malloc_keeps_memory:
+            extra += ", malloc keeps memory"
+        return f"{self.device.type} ({amp}{extra})"
 
 
 def select_runtime(name: str = "auto", fast: bool = True) -> Runtime:
@@ -85,7 +89,7 @@ def select_runtime(name: str = "auto", fast: bool = True) -> Runtime:
         bf16 = torch.cuda.is_bf16_supported()
         return Runtime(device, torch.bfloat16 if bf16 else torch.float16, True)
     if device.type == "cpu":
-        keep_freed_memory()
+        kept = keep_freed_memory()
         # channels_last alone doubles oneDNN convolution throughput in fp32 as well
-        return Runtime(device, torch.bfloat16 if cpu_has_bf16() else None, True)
+        return Runtime(device, torch.bfloat16 if cpu_has_bf16() else None, True, kept)
     return Runtime(device, None, False)
