@@ -21,7 +21,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
-# The demo recipe (scripts/demo.sh) and variations of it, each a set of TrainConfig overrides.
+# Session 2's demo recipe (scripts/demo.sh now trains 4 epochs: `ep4`) and variations of it,
+# each a set of TrainConfig overrides.
 BASE = dict(
     backbone="mobilenet_v2",
     head="gap",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,6 @@ class Predictor:
         self.run = run if isinstance(run, Run) else load_run(run)
         self.runtime = select_runtime(device)
         self.model = self.runtime.prepare(self.run.model).eval()  # Grad-CAM reads this one
-        self.scoring_model = self.runtime.prepare(inference_model(self.model))  # BN folded
         self.batch_size, self.frames, self.progress = batch_size, frames, progress
         self.threshold = self.run.threshold if threshold is None else float(threshold)
         self.faces = faces
@@ -90,6 +90,12 @@ class Predictor:
             self._cropper = FaceCropper(mode=faces, margin=margin)
 
     # ------------------------------------------------------------------ scoring
+    @cached_property
+    def scoring_model(self) -> torch.nn.Module:
+        """``model`` with BatchNorm folded, built on first use (``evaluate`` scores through
+        ``training.score_loader``, which folds its own copy, and never needs this one)."""
+        return self.runtime.prepare(inference_model(self.model))
+
     def tensors(self, images) -> torch.Tensor:
         r = self.run
         return torch.stack([to_tensor(im, r.input_size, r.mean, r.std, r.fit) for im in images])
