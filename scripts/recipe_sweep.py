@@ -43,6 +43,11 @@ RECIPES = {
     "ls05": dict(label_smoothing=0.05),
     "b16": dict(batch_size=16, lr=4e-4),
     "ep4_lr3": dict(epochs=4, lr=3e-4),
+    # session 4: a cosine cut off before its end, and two processes of batch 8 (DDP)
+    "ep4h5": dict(epochs=4, lr_epochs=5),
+    "p2b16ep5": dict(procs=2, batch_size=16, lr=4e-4, epochs=5),
+    "p2b16ep4h5": dict(procs=2, batch_size=16, lr=4e-4, epochs=4, lr_epochs=5),
+    "p2b16ep5lr3": dict(procs=2, batch_size=16, lr=3e-4, epochs=5),
 }
 FIELDS = [
     "recipe",
@@ -60,20 +65,13 @@ FIELDS = [
 ]
 
 
-def _fp32_runtime():
-    """Plain fp32 on CUDA: TF32 off and no autocast, as the CPU trains."""
-    import torch
+def _fp32_scoring():
+    """Plain fp32 for evaluation too (training gets ``precision="fp32"``)."""
+    from fakescope import device, inference
 
-    from fakescope import device, inference, training
+    def select(name="auto", fast=True, precision="fp32"):
+        return device.select_runtime(name, fast, "fp32")
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-
-    def select(name="auto", fast=True):
-        rt = device.select_runtime(name, fast)
-        return device.Runtime(rt.device, None, rt.channels_last)
-
-    training.select_runtime = select
     inference.select_runtime = select
 
 
@@ -81,7 +79,7 @@ def run_one(recipe: str, seed: int, args) -> dict:
     from fakescope import TrainConfig, evaluate, train
 
     if args.fp32:
-        _fp32_runtime()
+        _fp32_scoring()
     out = Path(args.out) / f"{recipe}-s{seed}"
     cfg = TrainConfig(
         **{**BASE, **RECIPES[recipe]},
@@ -91,6 +89,8 @@ def run_one(recipe: str, seed: int, args) -> dict:
         out=str(out),
         workers=args.workers,
         tensorboard=False,
+        precision="fp32" if args.fp32 else "auto",
+        limit_per_class=args.limit,
     )
     t0 = time.time()
     train(cfg, progress=False)
@@ -125,6 +125,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="runs at once (each its own process)")
     p.add_argument("--workers", type=int, default=2, help="data-loading workers per run")
     p.add_argument("--fp32", action="store_true", help="no autocast/TF32 on a GPU")
+    p.add_argument("--limit", type=int, default=0, help="images per class and split (smoke)")
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--csv", default=None, help="results file (default OUT/sweep.csv)")
     args = p.parse_args(argv)

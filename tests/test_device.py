@@ -43,3 +43,13 @@ def test_cpu_runtime_reuses_freed_memory():
     plain, tuned = faults("plain"), faults("tuned")
     assert plain > 50_000  # ~200 MB of pages per 3 steps at the least
     assert tuned * 5 < plain
+
+
+def test_precision_fp32_never_autocasts():
+    from fakescope.device import select_runtime
+    from fakescope.errors import FakescopeError
+
+    rt = select_runtime("cpu", precision="fp32")
+    assert rt.amp_dtype is None and rt.channels_last and "fp32" in rt.describe()
+    with pytest.raises(FakescopeError, match="precision"):
+        select_runtime("cpu", precision="fp16")

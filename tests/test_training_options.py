@@ -71,6 +71,43 @@ def test_bad_option_values_are_clear_errors(tmp_path):
         tiny_run(tmp_path / "a", label_smoothing=1.5)
     with pytest.raises(FakescopeError, match="--ema"):
         tiny_run(tmp_path / "b", ema=2.0)
+    with pytest.raises(FakescopeError, match="multiple of --procs"):
+        tiny_run(tmp_path / "c", batch_size=6, procs=4)
+
+
+def test_two_processes_train_as_one(tmp_path):
+    """--procs 2 (DistributedDataParallel over gloo, real processes): with BatchNorm statistics
+    frozen, two processes of 4 images each take the same Adam step as one process of all 8,
+    so the kept weights agree; the step itself moved them far more than they differ."""
+    kw = dict(limit_per_class=4, max_train_batches=1, freeze_bn=True, hflip=False)
+    one = tiny_run(tmp_path / "one", **kw)
+    two = tiny_run(tmp_path / "two", procs=2, **kw)
+    start = load_run(tiny_run(tmp_path / "start", lr=0.0, **kw)).model.state_dict()
+    w1 = load_file(str(one / "model.safetensors"))
+    w2 = load_file(str(two / "model.safetensors"))
+    moved = differ = total = 0
+    for k, w in w1.items():
+        if w.is_floating_point():
+            moved += (w - start[k]).abs().sum().item()
+            # Adam's first step is ~lr * sign(gradient): a gradient within rounding of zero
+            # can flip sign between the two sums, so a handful of weights may disagree
+            differ += ((w - w2[k]).abs() > 2e-5).sum().item()
+            total += w.numel()
+    assert moved / total > 5e-4  # the step moved the weights by ~lr each
+    assert differ / total < 1e-4
+    m1, m2 = load_run(one).meta, load_run(two).meta
+    assert "2 processes" in m2["runtime"] and "processes" not in m1["runtime"]
+    # each process scored half of val; pooled, the calibration matches the single process's
+    assert m2["threshold"]["n_val"] == m1["threshold"]["n_val"] == 8
+    assert m2["threshold"]["value"] == pytest.approx(m1["threshold"]["value"], abs=1e-3)
+
+
+def test_cosine_cut_before_its_end(tmp_path):
+    """--lr-epochs 2 with one epoch: the step ends halfway down the cosine, at half the rate."""
+    run = tiny_run(tmp_path / "half", lr_schedule="cosine", lr_epochs=2)
+    with open(run / "log.csv") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert float(row["lr"]) == pytest.approx(5e-4)
 
 
 def test_ema_keeps_averaged_weights(tmp_path):

@@ -80,6 +80,13 @@ def _add_train(sub):
         choices=["constant", "cosine"],
         help="constant (the paper's) or cosine decay to 0 over --epochs",
     )
+    p.add_argument(
+        "--lr-epochs",
+        type=int,
+        default=0,
+        help="epochs the cosine schedule spans (0: --epochs); more than --epochs stops "
+        "training before the rate reaches zero",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument(
         "--freeze-bn",
@@ -170,7 +177,22 @@ def _add_train(sub):
         "training images frame their faces and use that at prediction",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32"],
+        help="auto: bf16/fp16 autocast where the hardware is fast at it; fp32: never, "
+        "and no TF32 on CUDA (a GPU then trains with a CPU's arithmetic)",
+    )
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        help="training processes (DistributedDataParallel), each with its share of the CPU "
+        "cores or its own GPU; --batch-size is the total over them. On a 2-core CPU, 2 "
+        "processes of one thread train faster than one of two threads",
+    )
     p.add_argument("--max-train-batches", type=int, default=0, help="cap per epoch (smoke runs)")
     p.add_argument(
         "--limit-per-class",

@@ -17,6 +17,9 @@ class TrainConfig:
     # Training (paper: Adam, lr 0.001, binary cross-entropy)
     lr: float = 1e-3
     lr_schedule: str = "constant"  # "constant" (paper) or "cosine" (decay to 0 over `epochs`)
+    # Epochs the cosine schedule spans; 0: the step's max epochs. More than those: the step
+    # ends before the rate reaches zero (a truncated cosine)
+    lr_epochs: int = 0
     batch_size: int = 16
     # Max epochs per step (early stopping usually ends sooner): one number for every step, or
     # one per step, e.g. (1, 3): a short step with the stem frozen, then a longer full one
@@ -49,7 +52,13 @@ class TrainConfig:
     face_margin: float = 0.0  # crop side / face box side; 0 = measure on the training images
     # Machine
     device: str = "auto"
+    # "auto": bf16/fp16 autocast where the hardware is fast at it; "fp32": never (and no TF32)
+    precision: str = "auto"
     workers: int = 0
+    # Training processes (DistributedDataParallel). On a CPU, N processes of cores/N threads each
+    # outrun one process of all threads (small kernels parallelise poorly); batch_size is the
+    # total over them, so each process's BatchNorm sees batch_size/procs images.
+    procs: int = 1
     max_train_batches: int = 0  # >0 caps batches per epoch (smoke tests)
     limit_per_class: int = 0  # >0 caps images per class and split (smoke tests)
     tensorboard: bool = True

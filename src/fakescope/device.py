@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import FakescopeError
+
 
 def cpu_has_bf16() -> bool:
     # AVX-512 bf16 or AMX make bf16 autocast several times faster than fp32; without them it is
@@ -73,8 +75,12 @@ class Runtime:
         return f"{self.device.type} ({amp}{extra})"
 
 
-def select_runtime(name: str = "auto", fast: bool = True) -> Runtime:
-    """Pick the device: CUDA, then Apple MPS, then CPU; ``fast=False`` gives the fp32 baseline."""
+def select_runtime(name: str = "auto", fast: bool = True, precision: str = "auto") -> Runtime:
+    """Pick the device: CUDA, then Apple MPS, then CPU; ``fast=False`` gives the fp32 baseline.
+    ``precision="fp32"`` keeps the fast memory layout but no autocast, and turns TF32 off on
+    CUDA: the arithmetic of a CPU run, for numbers that should carry over between machines."""
+    if precision not in ("auto", "fp32"):
+        raise FakescopeError(f"precision must be auto or fp32, not {precision!r}")
     if name == "auto":
         if torch.cuda.is_available():
             name = "cuda"
@@ -85,11 +91,16 @@ def select_runtime(name: str = "auto", fast: bool = True) -> Runtime:
     device = torch.device(name)
     if not fast:
         return Runtime(device, None, False)
+    if device.type == "cuda" and precision == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        return Runtime(device, None, True)
     if device.type == "cuda":
         bf16 = torch.cuda.is_bf16_supported()
         return Runtime(device, torch.bfloat16 if bf16 else torch.float16, True)
     if device.type == "cpu":
         kept = keep_freed_memory()
         # channels_last alone doubles oneDNN convolution throughput in fp32 as well
-        return Runtime(device, torch.bfloat16 if cpu_has_bf16() else None, True, kept)
+        bf16 = precision == "auto" and cpu_has_bf16()
+        return Runtime(device, torch.bfloat16 if bf16 else None, True, kept)
     return Runtime(device, None, False)
