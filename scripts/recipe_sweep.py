@@ -21,8 +21,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
-# Session 2's demo recipe (scripts/demo.sh now trains 4 epochs: `ep4`) and variations of it,
-# each a set of TrainConfig overrides.
+# Session 2's demo recipe (scripts/demo.sh now trains 4 of 5 cosine epochs: `ep4h5`) and
+# variations of it, each a set of TrainConfig overrides.
 BASE = dict(
     backbone="mobilenet_v2",
     head="gap",

@@ -73,6 +73,9 @@ def test_bad_option_values_are_clear_errors(tmp_path):
         tiny_run(tmp_path / "b", ema=2.0)
     with pytest.raises(FakescopeError, match="multiple of --procs"):
         tiny_run(tmp_path / "c", batch_size=6, procs=4)
+    # raised inside the training processes, passed on as the same one-line error
+    with pytest.raises(FakescopeError, match=r"^--weights '/nonexistent.pth': no such file"):
+        tiny_run(tmp_path / "d", procs=2, weights="/nonexistent.pth")
 
 
 def test_two_processes_train_as_one(tmp_path):

@@ -303,8 +303,10 @@ def _spawn(cfg: TrainConfig, samples, origin, progress, resume) -> None:
     try:
         mp.spawn(_process_main, args=args, nprocs=cfg.procs, join=True)
     except mp.ProcessRaisedException as e:
-        lines = str(e).strip().splitlines()
-        raise FakescopeError(f"a training process failed: {lines[-1]}") from None
+        last = str(e).strip().splitlines()[-1]
+        if last.startswith("fakescope.errors."):  # our own clear error: pass it on as it is
+            raise FakescopeError(last.split(": ", 1)[-1]) from None
+        raise FakescopeError(f"a training process failed: {last}") from None
 
 
 def _process_main(rank, cfg, samples, origin, progress, resume, port) -> None:
