@@ -11,12 +11,15 @@ PIP=".venv/bin/python -m pip"
 $PIP install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v -i "warning" || true
 # torch/torchvision first and pinned: on the development machines these lie on disk (a CUDA
 # build that also runs on the CPU); an unpinned torch would download several GB.
-$PIP install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1" 2>&1 \
-  | grep -v -i "warning" || true
+# --no-compile: byte-compiling all of torch at install takes ~45 s; the check at the end
+# compiles (and caches) only the modules fakescope imports, even under PYTHONDONTWRITEBYTECODE.
+$PIP install -q --disable-pip-version-check --no-compile "torch==2.14.1" "torchvision==0.29.1" \
+  2>&1 | grep -v -i "warning" || true
 $PIP install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v -i "warning" || true
 # facenet-pytorch's metadata pins old torch and numpy; its code and bundled MTCNN weights work
 # with the current ones, so it goes in without its declared dependencies.
 $PIP install -q --disable-pip-version-check --no-deps "facenet-pytorch==2.6.0" 2>&1 \
   | grep -v -i "warning" || true
-.venv/bin/python -c "import fakescope, torch, torchvision, facenet_pytorch; \
+env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c "import fakescope.training, \
+fakescope.evaluation, fakescope.explain, fakescope.faces, torch, torchvision, facenet_pytorch; \
 print('fakescope ready: torch', torch.__version__, 'torchvision', torchvision.__version__)"
