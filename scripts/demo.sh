@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README command 1: set up, then train mobilenet_v2 (ImageNet start, every layer fine-tuned,
 # 299 px) on the sample set ../shared/data/sg-ffhq, evaluate on its test split, write the
-# report and print the headline metrics. About 18 minutes on a 2-core CPU. The cosine schedule
+# report and print the headline metrics. About 16-17 minutes on a 2-core CPU. The cosine schedule
 # spans 5 epochs and training stops after 4 (docs/results.md: the first 4 of 5 epochs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
