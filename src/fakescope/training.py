@@ -285,7 +285,8 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
     out.mkdir(parents=True, exist_ok=True)
     D.write_splits(samples, out / "split.csv")
     if cfg.procs == 1:
-        _fit(cfg, samples, origin, progress, resume, Ranks())
+        runtime = select_runtime(cfg.device, precision=cfg.precision)
+        _fit(cfg, samples, origin, progress, resume, Ranks(), runtime)
     else:
         _spawn(cfg, samples, origin, progress, resume)
     return out
@@ -313,30 +314,31 @@ def _process_main(rank, cfg, samples, origin, progress, resume, port) -> None:
     """One of ``cfg.procs`` training processes (started by torch.multiprocessing.spawn)."""
     import torch.distributed as dist
 
+    ranks = Ranks(rank, cfg.procs)
     runtime = select_runtime(cfg.device, precision=cfg.precision)
-    own_gpu = runtime.device.type == "cuda" and torch.cuda.device_count() >= cfg.procs
+    own_gpu = runtime.device.type == "cuda" and torch.cuda.device_count() >= ranks.world
+    runtime = _share_of(runtime, ranks, own_gpu)
     dist.init_process_group(
         "nccl" if own_gpu else "gloo",
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
-        world_size=cfg.procs,
+        world_size=ranks.world,
     )
     try:
-        _fit(cfg, samples, origin, progress and rank == 0, resume, Ranks(rank, cfg.procs))
+        _fit(cfg, samples, origin, progress and rank == 0, resume, ranks, runtime)
     finally:
         dist.destroy_process_group()
 
 
-def _runtime_for(cfg: TrainConfig, ranks: Ranks):
-    runtime = select_runtime(cfg.device, precision=cfg.precision)
-    if ranks.world == 1:
-        return runtime
+def _share_of(runtime, ranks: Ranks, own_gpu: bool):
+    """One process's part of the machine: on a CPU its share of the cores; on CUDA a GPU of
+    its own where there are enough (else the processes share the device)."""
     if runtime.device.type == "cpu":
         import os
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-        torch.set_num_threads(max(1, cores // ranks.world))
-    elif runtime.device.type == "cuda" and torch.cuda.device_count() >= ranks.world:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(max(1, (cores or 1) // ranks.world))
+    elif own_gpu:
         runtime = replace(runtime, device=torch.device("cuda", ranks.rank))
         torch.cuda.set_device(runtime.device)
     return runtime
@@ -353,11 +355,10 @@ def _parallel(model, runtime, ranks: Ranks):
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def _fit(cfg: TrainConfig, samples, origin, progress, resume, ranks: Ranks) -> None:
+def _fit(cfg: TrainConfig, samples, origin, progress, resume, ranks: Ranks, runtime) -> None:
     """The training loop of one process; the lead process writes the run folder."""
     out, lead = Path(cfg.out), ranks.lead
     seed_everything(cfg.seed)
-    runtime = _runtime_for(cfg, ranks)
     train_s = [s for s in samples if s.split == "train"]
     val_s = [s for s in samples if s.split == "val"]
 
