@@ -14,8 +14,8 @@ import sys
 
 PROBE = """
 import json, resource, sys, time, torch
-from fakescope.device import keep_freed_memory
-from fakescope.model import Detector
+from fakescope.model.runtime import keep_freed_memory
+from fakescope.model.detector import Detector
 if sys.argv[1] == "kept":
     assert keep_freed_memory()
 torch.manual_seed(0)

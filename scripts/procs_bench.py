@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fakescope.device import keep_freed_memory
-from fakescope.model import Detector
+from fakescope.model.detector import Detector
+from fakescope.model.runtime import keep_freed_memory
 
 
 def _steps_per_s(model, net, batch, steps) -> float:

@@ -20,6 +20,6 @@ $PIP install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v -i "warni
 # with the current ones, so it goes in without its declared dependencies.
 $PIP install -q --disable-pip-version-check --no-deps "facenet-pytorch==2.6.0" 2>&1 \
   | grep -v -i "warning" || true
-env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c "import fakescope.training, \
-fakescope.evaluation, fakescope.explain, fakescope.faces, torch, torchvision, facenet_pytorch; \
+env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c "import fakescope.training.loop, \
+fakescope.evaluation.evaluator, fakescope.scoring.explain, fakescope.data.faces, torch, torchvision, facenet_pytorch; \
 print('fakescope ready: torch', torch.__version__, 'torchvision', torchvision.__version__)"

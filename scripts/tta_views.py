@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from fakescope.data import load_samples, to_tensor
-from fakescope.images import load_rgb
-from fakescope.model import inference_model
+from fakescope.data.folders import load_samples
+from fakescope.data.images import load_rgb
+from fakescope.data.transforms import to_tensor
+from fakescope.model.detector import inference_model
 from fakescope.runs import load_run
 
 SIZES = (256, 299, 340)

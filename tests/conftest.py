@@ -52,7 +52,7 @@ def small_run(tmp_path_factory, torch_home):
     """mobilenet_v2 from ImageNet weights, fine-tuned briefly at 160 px on a slice of sg-ffhq,
     two steps (the second with frozen stages) so the whole schedule runs. Weak but real."""
     from fakescope.config import TrainConfig
-    from fakescope.training import train
+    from fakescope.training.loop import train
 
     out = tmp_path_factory.mktemp("runs") / "small"
     cfg = TrainConfig(

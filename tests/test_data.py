@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fakescope import data as D
+from fakescope.data import folders as D
+from fakescope.data import transforms as T
 from fakescope.errors import FakescopeError
 
 from .conftest import SG, sg_images
@@ -62,19 +63,19 @@ def test_bad_folders(tmp_path):
 
 def test_fit_resize_and_pad():
     im = Image.open(sg_images("real", n=1)[0]).convert("RGB")  # 256x256
-    assert D.fit_square(im, 299).size == (299, 299)
-    padded = D.fit_square(im, 299, "pad")
+    assert T.fit_square(im, 299).size == (299, 299)
+    padded = T.fit_square(im, 299, "pad")
     a = np.asarray(padded)
     assert np.array_equal(a[21:277, 21:277], np.asarray(im))  # pixels untouched
-    t = D.to_tensor(im, 299, fit="pad")
+    t = T.to_tensor(im, 299, fit="pad")
     assert abs(float(t[:, 0, 0].abs().max())) < 0.02  # the canvas normalises to ~0
     wide = im.resize((400, 200))
-    assert D.fit_square(wide, 128).size == (128, 128)
+    assert T.fit_square(wide, 128).size == (128, 128)
 
 
 def test_augment_is_deterministic_per_seed_and_keeps_size():
     im = Image.open(sg_images("fake", n=1)[0]).convert("RGB")
-    aug = D.Augment(hflip=True, jpeg_prob=1.0, blur_prob=0.5, resize_prob=0.5, crop_scale=0.8)
+    aug = T.Augment(hflip=True, jpeg_prob=1.0, blur_prob=0.5, resize_prob=0.5, crop_scale=0.8)
     a = np.asarray(aug(im, random.Random(7)))
     b = np.asarray(aug(im, random.Random(7)))
     assert np.array_equal(a, b)

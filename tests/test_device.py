@@ -7,8 +7,8 @@ import pytest
 
 PROBE = """
 import resource, sys, torch
-from fakescope.device import select_runtime
-from fakescope.model import Detector
+from fakescope.model.runtime import select_runtime
+from fakescope.model.detector import Detector
 if sys.argv[1] == "tuned":
     rt = select_runtime("cpu")
     assert rt.malloc_keeps_memory and "malloc keeps memory" in rt.describe(), rt.describe()
@@ -46,8 +46,8 @@ def test_cpu_runtime_reuses_freed_memory():
 
 
 def test_precision_fp32_never_autocasts():
-    from fakescope.device import select_runtime
     from fakescope.errors import FakescopeError
+    from fakescope.model.runtime import select_runtime
 
     rt = select_runtime("cpu", precision="fp32")
     assert rt.amp_dtype is None and rt.channels_last and "fp32" in rt.describe()

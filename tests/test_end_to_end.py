@@ -9,7 +9,7 @@ import sys
 import pytest
 from PIL import Image
 
-from fakescope.evaluation import evaluate
+from fakescope.evaluation.evaluator import evaluate
 from fakescope.runs import load_run
 
 from .conftest import SG, sg_images
@@ -118,7 +118,7 @@ def test_cli_predict_mixed_folder(small_run, mixed_folder, tmp_path):
 
 def test_predict_same_score_as_evaluation(small_run):
     """Prediction and evaluation preprocess identically: same image, same score."""
-    from fakescope.inference import Predictor
+    from fakescope.scoring.predictor import Predictor
 
     p = Predictor(small_run, progress=False)
     img = sg_images("fake", n=1)[0]
@@ -137,7 +137,7 @@ def test_resume_finishes_an_interrupted_run(small_run, tmp_path):
     """Drop the final files as if the process died after the last epoch: --resume completes
     the run without training again."""
     from fakescope.config import TrainConfig
-    from fakescope.training import train
+    from fakescope.training.loop import train
 
     run = tmp_path / "resumed"
     shutil.copytree(small_run, run)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fakescope.data.faces import Face, FaceCropper, MTCNNDetector, crop_face
 from fakescope.errors import FakescopeError
-from fakescope.faces import Face, FaceCropper, MTCNNDetector, crop_face
 
 # conftest.py lets FAKESCOPE_SHARED move the shared folder; the default is ../shared
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -260,5 +260,5 @@ def test_bad_mode_and_describe():
 
 def test_detector_loads_lazily():
     assert MTCNNDetector()._net is None
-    code = "import sys, fakescope.faces; assert 'facenet_pytorch' not in sys.modules"
+    code = "import sys, fakescope.data.faces; assert 'facenet_pytorch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fakescope.data.images import list_files, load_rgb
 from fakescope.errors import BadInput
-from fakescope.images import list_files, load_rgb
 
 from .conftest import sg_images
 
@@ -66,7 +66,7 @@ def test_missing_and_huge(tmp_path, monkeypatch):
         load_rgb(tmp_path / "nope.jpg")
     Image.new("RGB", (3000, 2000), (120, 90, 60)).save(tmp_path / "big.jpg")
     assert load_rgb(tmp_path / "big.jpg").size[0] >= 1500  # decoded (draft may downscale)
-    import fakescope.images as images
+    import fakescope.data.images as images
 
     monkeypatch.setattr(images, "MAX_PIXELS", 1_000_000)
     with pytest.raises(BadInput, match="big.jpg: image too large"):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fakescope.evaluation import evaluate
-from fakescope.faces import FaceCropper
-from fakescope.inference import Predictor, video_score
-from fakescope.video import write_video
+from fakescope.data.faces import FaceCropper
+from fakescope.data.video import write_video
+from fakescope.evaluation.evaluator import evaluate
+from fakescope.scoring.predictor import Predictor, video_score
 
 from .conftest import SG, sg_images
 from .test_faces import iou

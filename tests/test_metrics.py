@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fakescope import metrics as M
+from fakescope.evaluation import metrics as M
 
 
 @pytest.fixture

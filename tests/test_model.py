@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fakescope.errors import FakescopeError, WeightsUnavailable
-from fakescope.model import Detector, build_backbone
+from fakescope.model.detector import Detector, build_backbone
 
 from .conftest import MOBILENET_FILE
 
@@ -78,9 +78,9 @@ def test_unknown_backbone():
 def test_inference_model_folds_batchnorm_and_keeps_scores():
     """Scoring uses a copy with BatchNorm folded into the convolutions; on real faces and the
     real ImageNet weights it must give the original's logits, and leave the original intact."""
-    from fakescope.data import to_tensor
-    from fakescope.images import load_rgb
-    from fakescope.model import inference_model
+    from fakescope.data.images import load_rgb
+    from fakescope.data.transforms import to_tensor
+    from fakescope.model.detector import inference_model
 
     from .conftest import sg_images
 

@@ -10,11 +10,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from fakescope.config import TrainConfig
-from fakescope.data import to_tensor
-from fakescope.evaluation import evaluate
-from fakescope.inference import Predictor
+from fakescope.data.transforms import to_tensor
+from fakescope.evaluation.evaluator import evaluate
 from fakescope.runs import load_run
-from fakescope.training import train
+from fakescope.scoring.predictor import Predictor
+from fakescope.training.loop import train
 
 from .conftest import SG, sg_images
 

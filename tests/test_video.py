@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fakescope.data.video import sample_frames, write_video
 from fakescope.errors import BadInput
-from fakescope.video import sample_frames, write_video
 
 # conftest.py lets FAKESCOPE_SHARED move the shared folder; the default is ../shared
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

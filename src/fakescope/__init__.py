@@ -14,9 +14,9 @@ __version__ = "0.1.0"
 
 _API = {
     "TrainConfig": "fakescope.config",
-    "train": "fakescope.training",
-    "evaluate": "fakescope.evaluation",
-    "Predictor": "fakescope.inference",
+    "train": "fakescope.training.loop",
+    "evaluate": "fakescope.evaluation.evaluator",
+    "Predictor": "fakescope.scoring.predictor",
     "load_run": "fakescope.runs",
 }
 

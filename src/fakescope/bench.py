@@ -8,8 +8,8 @@ import time
 import torch
 from torch import nn
 
-from .device import Runtime, select_runtime
-from .model import Detector, inference_model
+from .model.detector import Detector, inference_model
+from .model.runtime import Runtime, select_runtime
 
 
 def _measure(model: nn.Module, rt: Runtime, x: torch.Tensor, iters: int, train: bool) -> float:

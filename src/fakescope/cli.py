@@ -208,14 +208,14 @@ def _add_train(sub):
 
 def cmd_train(a) -> int:
     from .config import TrainConfig
-    from .training import train
+    from .training.loop import train
 
     keys = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in keys})
     run = train(cfg, resume=a.resume)
     if a.no_eval:
         return 0
-    from .data import load_samples
+    from .data.folders import load_samples
 
     samples, _ = load_samples(cfg.data, seed=cfg.seed, exclude=cfg.exclude)
     if any(s.split == "test" for s in samples):
@@ -226,7 +226,7 @@ def cmd_train(a) -> int:
 def _evaluate_and_print(
     run, data, split, out, batch_size, device, explain=0, faces=None, reencode=None
 ) -> int:
-    from .evaluation import evaluate, headline
+    from .evaluation.evaluator import evaluate, headline
 
     m = evaluate(
         run,
@@ -349,8 +349,8 @@ COLUMNS = [
 
 
 def cmd_predict(a) -> int:
-    from .inference import Predictor
     from .runs import write_json
+    from .scoring.predictor import Predictor
 
     pred = Predictor(
         a.run,
@@ -447,7 +447,7 @@ def _add_explain(sub):
 
 
 def cmd_explain(a) -> int:
-    from .inference import Predictor
+    from .scoring.predictor import Predictor
 
     pred = Predictor(a.run, device=a.device, faces=a.faces)
     failed = 0
@@ -482,7 +482,7 @@ def _add_faces(sub):
 
 
 def cmd_faces_extract(a) -> int:
-    from .extract import extract_faces
+    from .data.extract import extract_faces
 
     r = extract_faces(
         a.src,

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import FakescopeError
-from .model import Detector
+from .model.detector import Detector
 
 META = "fakescope.json"
 WEIGHTS = "model.safetensors"

@@ -10,8 +10,8 @@ import av
 import numpy as np
 from PIL import Image
 
-from .errors import BadInput
-from .images import check_file
+from ..data.images import check_file
+from ..errors import BadInput
 
 
 def _open(path: Path):

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .errors import BadInput, FakescopeError
-from .images import is_video, list_files, load_rgb
+from ..data.images import is_video, list_files, load_rgb
+from ..errors import BadInput, FakescopeError
 
 MANIFEST_FIELDS = ["crop", "label", "source", "frame", "face", "x1", "y1", "x2", "y2", "confidence"]
 
@@ -46,7 +46,7 @@ def extract_faces(
 ) -> dict:
     """Crop every face of every image/video under ``src`` into ``dst``; returns counts and the
     errors (one line per bad file). Appends to an existing ``dst/manifest.csv``."""
-    from .faces import FaceCropper
+    from ..data.faces import FaceCropper
 
     if label not in (None, "real", "fake"):
         raise FakescopeError("--label must be real or fake")
@@ -72,7 +72,7 @@ def extract_faces(
                     sub = sub / generator
                 sub = sub / rest.parent
                 if is_video(f):
-                    from .video import sample_frames
+                    from ..data.video import sample_frames
 
                     images = [(idx, im) for idx, _t, im in sample_frames(f, frames)]
                 else:

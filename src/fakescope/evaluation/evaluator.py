@@ -10,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data as D
+from ..data.dataset import ImageDataset
+from ..data.folders import all_as, read_splits
+from ..data.transforms import Augment
+from ..errors import FakescopeError
+from ..runs import Run, load_run, write_json
 from . import metrics as M
 from . import plots
-from .errors import FakescopeError
-from .runs import Run, load_run, write_json
 
 
 def _samples_for(run: Run, data: Path, split: str | None):
@@ -25,11 +27,11 @@ def _samples_for(run: Run, data: Path, split: str | None):
     if split is None:
         split = "test" if (have_csv or same_data) else "all"
     if split == "all":
-        return D.all_as(data), split
+        return all_as(data), split
     if have_csv:
-        samples = D.read_splits(data / "splits.csv")
+        samples = read_splits(data / "splits.csv")
     elif same_data:
-        samples = D.read_splits(run.path / "split.csv")
+        samples = read_splits(run.path / "split.csv")
     else:
         raise FakescopeError(
             f"{data}: no splits.csv, so --split {split} is undefined; use --split all"
@@ -76,8 +78,8 @@ def evaluate(
     per class to the report. ``reencode`` re-saves every image as JPEG at that quality before
     scoring, so both classes carry the same quantisation tables (against compression shortcuts).
     Returns the metrics dict."""
-    from .inference import Predictor
-    from .training import make_loader, score_loader
+    from ..scoring.predictor import Predictor
+    from ..training.loop import make_loader, score_loader
 
     run = run if isinstance(run, Run) else load_run(run)
     data = Path(data)
@@ -90,16 +92,16 @@ def evaluate(
     predictor = Predictor(run, device=device, batch_size=batch_size, progress=progress)
     prepare = None
     if faces != "never":
-        from .faces import FaceCropper
+        from ..data.faces import FaceCropper
 
         prepare = FaceCropper(
             mode=faces, margin=run.meta.get("faces", {}).get("margin", 1.3)
         ).training_crop
     # a deterministic "augmentation": every image re-encoded at exactly this quality
     recode = (
-        D.Augment(hflip=False, jpeg_prob=1.0, jpeg_quality=(reencode,) * 2) if reencode else None
+        Augment(hflip=False, jpeg_prob=1.0, jpeg_quality=(reencode,) * 2) if reencode else None
     )
-    ds = D.ImageDataset(
+    ds = ImageDataset(
         data,
         samples,
         run.input_size,
@@ -158,7 +160,7 @@ def evaluate(
     if curves:
         figures["Training curves"] = curves
     if explain:
-        from .explain import explanation_figures
+        from ..scoring.explain import explanation_figures
 
         expl = explanation_figures(predictor, ds, y, s, out, per_class=explain)
         figures.update(expl["figures"])
@@ -168,7 +170,7 @@ def evaluate(
         fh.write("path,label,score\n")
         for smp, sc in zip(samples, s, strict=True):
             fh.write(f"{smp.path},{'fake' if smp.label else 'real'},{sc:.6f}\n")
-    from .report import write_report
+    from ..evaluation.report import write_report
 
     write_report(out / "report.html", run, result, figures)
     return result

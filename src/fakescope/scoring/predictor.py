@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import to_tensor
-from .device import select_runtime
-from .errors import BadInput, FakescopeError
-from .images import is_video, list_files, load_rgb
-from .model import fake_logits, inference_model
-from .runs import Run, load_run
+from ..data.images import is_video, list_files, load_rgb
+from ..data.transforms import to_tensor
+from ..errors import BadInput, FakescopeError
+from ..model.detector import fake_logits, inference_model
+from ..model.runtime import select_runtime
+from ..runs import Run, load_run
 
 
 @dataclass
@@ -85,7 +85,7 @@ class Predictor:
         margin = face_margin or self.run.meta.get("faces", {}).get("margin", 1.3)
         self._cropper = None
         if faces != "never":
-            from .faces import FaceCropper
+            from ..data.faces import FaceCropper
 
             self._cropper = FaceCropper(mode=faces, margin=margin)
 
@@ -132,7 +132,7 @@ class Predictor:
         """Units to score and rows that are already final (errors, no-face notes)."""
         p = str(path)
         if is_video(path):
-            from .video import sample_frames
+            from ..data.video import sample_frames
 
             units = []
             for idx, _t, frame in sample_frames(path, self.frames):
@@ -179,7 +179,7 @@ class Predictor:
                 u.row.score = round(float(s), 6)
                 u.row.verdict = self.verdict(float(s))
             if explain_dir is not None and all_units:
-                from .explain import write_overlays
+                from ..scoring.explain import write_overlays
 
                 write_overlays(self, all_units, Path(explain_dir))
             for f, units, rows in per_file:

@@ -17,7 +17,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .errors import FakescopeError, WeightsUnavailable
+from ..errors import FakescopeError, WeightsUnavailable
 
 # For each supported family: how to get the convolutional trunk and how to cut it into stages.
 # Stage boundaries follow the points where the feature map halves.

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import fit_square
+from ..data.transforms import fit_square
 
 
 def cams(model, x: torch.Tensor, categories: list[int], batch_size: int = 8) -> np.ndarray:
@@ -77,7 +77,7 @@ def region_shares(mean_map: np.ndarray) -> dict:
 def explanation_figures(predictor, ds, y, s, out: Path, per_class: int = 24) -> dict:
     """Mean Grad-CAM of correctly classified real and fake images, and the ten most confident
     mistakes with their maps. Returns figure paths and a numeric summary."""
-    from . import plots
+    from ..evaluation import plots
 
     thr = predictor.threshold
     pred = (s >= thr).astype(int)
@@ -136,7 +136,7 @@ def explanation_figures(predictor, ds, y, s, out: Path, per_class: int = 24) -> 
 
 def ds_image(ds, i: int) -> Image.Image:
     """The image the model saw for sample i of an ImageDataset (after the face stage)."""
-    from .images import load_rgb
+    from ..data.images import load_rgb
 
     im = load_rgb(ds.root / ds.samples[i].path)
     return ds.prepare(im, ds.root / ds.samples[i].path) if ds.prepare else im

@@ -1,4 +1,4 @@
-"""Data sets on disk: discovery, splits, the torch Dataset and the forensic augmentations.
+"""Data sets on disk: discovery, labels, generators, splits and fingerprints.
 
 Layout: ``DIR/real/**`` and ``DIR/fake/**``; the first folder under ``fake/`` names the generator
 (DFFD: ``fake/stylegan/...``, ``fake/faceapp/...``), files directly in ``fake/`` belong to
@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image, ImageFilter
-
-from .errors import FakescopeError
-from .images import IMAGE_EXTS, load_rgb
+from ..data.images import IMAGE_EXTS
+from ..errors import FakescopeError
 
 LABELS = {"real": 0, "fake": 1}
 SPLITS = ("train", "val", "test")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -131,109 +124,3 @@ def fingerprint(root, samples: list[Sample]) -> dict:
         key = f"{s.split}/{'fake' if s.label else 'real'}"
         counts[key] = counts.get(key, 0) + 1
     return {"root": str(root), "sha256": h.hexdigest(), "counts": dict(sorted(counts.items()))}
-
-
-# --------------------------------------------------------------------------- transforms
-
-
-@dataclass
-class Augment:
-    hflip: bool = True
-    jpeg_prob: float = 0.0
-    jpeg_quality: tuple[int, int] = (60, 100)
-    blur_prob: float = 0.0
-    resize_prob: float = 0.0
-    crop_scale: float = 1.0  # <1: random square crop of this to 1x the short side
-
-    def __call__(self, im: Image.Image, rng: random.Random) -> Image.Image:
-        if self.hflip and rng.random() < 0.5:
-            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        if self.crop_scale < 1.0:
-            w, h = im.size
-            side = round(min(w, h) * rng.uniform(self.crop_scale, 1.0))
-            x, y = rng.randint(0, w - side), rng.randint(0, h - side)
-            im = im.crop((x, y, x + side, y + side))
-        if self.resize_prob and rng.random() < self.resize_prob:
-            f = rng.uniform(0.5, 1.0)
-            w, h = im.size
-            im = im.resize((max(1, int(w * f)), max(1, int(h * f))), Image.BILINEAR).resize((w, h))
-        if self.blur_prob and rng.random() < self.blur_prob:
-            im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.1, 1.5)))
-        if self.jpeg_prob and rng.random() < self.jpeg_prob:
-            im = jpeg_roundtrip(im, rng.randint(*self.jpeg_quality))
-        return im
-
-
-def jpeg_roundtrip(im: Image.Image, quality: int) -> Image.Image:
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
-
-
-FITS = ("resize", "pad")
-# ImageNet mean colour: padding with it gives zeros after normalisation
-PAD_RGB = tuple(round(255 * m) for m in IMAGENET_MEAN)
-
-
-def fit_square(im: Image.Image, size: int, fit: str = "resize") -> Image.Image:
-    """Bring an image to size x size. ``resize`` (the paper's): scale the short side to ``size``
-    and centre-crop. ``pad``: never upsample; a smaller image is centred on a mean-colour
-    canvas, so its pixels reach the network unresampled (interpolation blurs the
-    high-frequency traces generators leave); a larger one is scaled down as with ``resize``."""
-    w, h = im.size
-    if (w, h) == (size, size):
-        return im
-    if fit == "pad" and max(w, h) <= size:
-        canvas = Image.new("RGB", (size, size), PAD_RGB)
-        canvas.paste(im, ((size - w) // 2, (size - h) // 2))
-        return canvas
-    s = size / min(w, h)
-    nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    im = im.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return im.crop((left, top, left + size, top + size))
-
-
-def to_tensor(
-    im: Image.Image, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, fit: str = "resize"
-) -> torch.Tensor:
-    a = np.asarray(fit_square(im, size, fit), dtype=np.float32) / 255.0
-    a = (a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return torch.from_numpy(a.transpose(2, 0, 1).copy())
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """Samples of one data set as (tensor, label, index). ``prepare`` maps a loaded image to the
-    image the model sees (the face stage plugs in here, so training and serving crop alike)."""
-
-    def __init__(
-        self,
-        root,
-        samples,
-        size=299,
-        augment: Augment | None = None,
-        seed=0,
-        prepare=None,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        fit="resize",
-    ):
-        self.fit = fit
-        self.root, self.samples, self.size = Path(root), list(samples), size
-        self.augment, self.seed, self.prepare = augment, seed, prepare
-        self.mean, self.std = mean, std
-        self.epoch = 0
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        s = self.samples[i]
-        im = load_rgb(self.root / s.path)
-        if self.prepare is not None:
-            im = self.prepare(im, self.root / s.path)
-        if self.augment is not None:
-            # seeded per (seed, epoch, index): reproducible with any number of workers
-            im = self.augment(im, random.Random(hash((self.seed, self.epoch, i))))
-        return to_tensor(im, self.size, self.mean, self.std, self.fit), s.label, i

@@ -21,13 +21,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import data as D
-from . import metrics as M
-from .config import TrainConfig
-from .device import select_runtime
-from .errors import FakescopeError
-from .model import Detector, fake_logits, inference_model
-from .runs import (
+from ..config import TrainConfig
+from ..data.dataset import ImageDataset
+from ..data.folders import fingerprint, load_samples, write_splits
+from ..data.transforms import FITS, IMAGENET_MEAN, IMAGENET_STD, Augment
+from ..errors import FakescopeError
+from ..evaluation import metrics as M
+from ..model.detector import Detector, fake_logits, inference_model
+from ..model.runtime import select_runtime
+from ..runs import (
     META,
     WEIGHTS,
     load_resume,
@@ -226,8 +228,8 @@ def _face_framing(cfg: TrainConfig, train_ds, n: int = 32) -> dict:
     if cfg.face_margin > 0 or cfg.faces != "never":
         margin = cfg.face_margin if cfg.face_margin > 0 else 1.3
         return {"mode": cfg.faces, "margin": margin, "margin_source": "configured"}
-    from .faces import framing_margin
-    from .images import load_rgb
+    from ..data.faces import framing_margin
+    from ..data.images import load_rgb
 
     step = max(1, len(train_ds.samples) // n)
     picked = train_ds.samples[::step][:n]
@@ -248,7 +250,7 @@ def _face_framing(cfg: TrainConfig, train_ds, n: int = 32) -> dict:
 def _prepare_fn(cfg: TrainConfig):
     if cfg.faces == "never":
         return None
-    from .faces import FaceCropper
+    from ..data.faces import FaceCropper
 
     return FaceCropper(mode=cfg.faces, margin=cfg.face_margin).training_crop
 
@@ -268,14 +270,14 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
         raise FakescopeError(
             f"--batch-size ({cfg.batch_size}) must be a multiple of --procs ({cfg.procs})"
         )
-    if cfg.fit not in D.FITS:
-        raise FakescopeError(f"--fit must be one of {', '.join(D.FITS)}")
+    if cfg.fit not in FITS:
+        raise FakescopeError(f"--fit must be one of {', '.join(FITS)}")
     if cfg.lr_epochs < 0:
         raise FakescopeError("--lr-epochs must be 0 (the step's epochs) or more")
     out = Path(cfg.out)
     if (out / META).exists() and not resume:
         raise FakescopeError(f"{out}: a finished run is already there; pick another --out")
-    samples, origin = D.load_samples(cfg.data, seed=cfg.seed, exclude=cfg.exclude)
+    samples, origin = load_samples(cfg.data, seed=cfg.seed, exclude=cfg.exclude)
     samples = _limit(samples, cfg.limit_per_class)
     val_s = [s for s in samples if s.split == "val"]
     if not any(s.split == "train" for s in samples) or len({s.label for s in val_s}) < 2:
@@ -283,7 +285,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
     if resume and read_resume_state(out / "resume") is None:
         raise FakescopeError(f"{out}: nothing to resume (no {out / 'resume'}/state.json)")
     out.mkdir(parents=True, exist_ok=True)
-    D.write_splits(samples, out / "split.csv")
+    write_splits(samples, out / "split.csv")
     if cfg.procs == 1:
         runtime = select_runtime(cfg.device, precision=cfg.precision)
         _fit(cfg, samples, origin, progress, resume, Ranks(), runtime)
@@ -366,7 +368,7 @@ def _fit(cfg: TrainConfig, samples, origin, progress, resume, ranks: Ranks, runt
     model.freeze_bn = cfg.freeze_bn
     model = runtime.prepare(model)
     prepare = _prepare_fn(cfg)
-    aug = D.Augment(
+    aug = Augment(
         cfg.hflip,
         cfg.jpeg_prob,
         tuple(cfg.jpeg_quality),
@@ -374,11 +376,11 @@ def _fit(cfg: TrainConfig, samples, origin, progress, resume, ranks: Ranks, runt
         cfg.resize_prob,
         cfg.crop_scale,
     )
-    train_ds = D.ImageDataset(
+    train_ds = ImageDataset(
         cfg.data, train_s, cfg.input_size, aug, cfg.seed, prepare, fit=cfg.fit
     )
     # each process scores its share of the validation images; the scores are then pooled
-    val_ds = D.ImageDataset(
+    val_ds = ImageDataset(
         cfg.data,
         val_s[ranks.rank :: ranks.world],
         cfg.input_size,
@@ -557,8 +559,8 @@ def _fit(cfg: TrainConfig, samples, origin, progress, resume, ranks: Ranks, runt
             "head": cfg.head,
             "input_size": cfg.input_size,
             "fit": cfg.fit,
-            "mean": list(D.IMAGENET_MEAN),
-            "std": list(D.IMAGENET_STD),
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
             "feature_shape": list(model.feature_shape),
             "head_parameters": model.head_parameters(),
             "output": "one logit; sigmoid gives P(fake)",
@@ -574,7 +576,7 @@ def _fit(cfg: TrainConfig, samples, origin, progress, resume, ranks: Ranks, runt
         "faces": faces_meta,
         "train": cfg.to_dict(),
         "steps": state["summaries"],
-        "data": {**D.fingerprint(cfg.data, samples), "split_origin": origin},
+        "data": {**fingerprint(cfg.data, samples), "split_origin": origin},
         "runtime": runtime.describe() + (f", {ranks.world} processes" if ranks.world > 1 else ""),
         "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import FakescopeError
+from ..errors import FakescopeError
 
 
 def cpu_has_bf16() -> bool:

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .errors import FakescopeError
+from ..errors import FakescopeError
 
 FACE_MODES = ("auto", "always", "never")
 

@@ -1,0 +1,81 @@
+"""What an image goes through on its way to the network: forensic augmentations (applied to both
+classes alike), fitting to the input size and normalisation."""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+@dataclass
+class Augment:
+    hflip: bool = True
+    jpeg_prob: float = 0.0
+    jpeg_quality: tuple[int, int] = (60, 100)
+    blur_prob: float = 0.0
+    resize_prob: float = 0.0
+    crop_scale: float = 1.0  # <1: random square crop of this to 1x the short side
+
+    def __call__(self, im: Image.Image, rng: random.Random) -> Image.Image:
+        if self.hflip and rng.random() < 0.5:
+            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if self.crop_scale < 1.0:
+            w, h = im.size
+            side = round(min(w, h) * rng.uniform(self.crop_scale, 1.0))
+            x, y = rng.randint(0, w - side), rng.randint(0, h - side)
+            im = im.crop((x, y, x + side, y + side))
+        if self.resize_prob and rng.random() < self.resize_prob:
+            f = rng.uniform(0.5, 1.0)
+            w, h = im.size
+            im = im.resize((max(1, int(w * f)), max(1, int(h * f))), Image.BILINEAR).resize((w, h))
+        if self.blur_prob and rng.random() < self.blur_prob:
+            im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.1, 1.5)))
+        if self.jpeg_prob and rng.random() < self.jpeg_prob:
+            im = jpeg_roundtrip(im, rng.randint(*self.jpeg_quality))
+        return im
+
+
+def jpeg_roundtrip(im: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+FITS = ("resize", "pad")
+# ImageNet mean colour: padding with it gives zeros after normalisation
+PAD_RGB = tuple(round(255 * m) for m in IMAGENET_MEAN)
+
+
+def fit_square(im: Image.Image, size: int, fit: str = "resize") -> Image.Image:
+    """Bring an image to size x size. ``resize`` (the paper's): scale the short side to ``size``
+    and centre-crop. ``pad``: never upsample; a smaller image is centred on a mean-colour
+    canvas, so its pixels reach the network unresampled (interpolation blurs the
+    high-frequency traces generators leave); a larger one is scaled down as with ``resize``."""
+    w, h = im.size
+    if (w, h) == (size, size):
+        return im
+    if fit == "pad" and max(w, h) <= size:
+        canvas = Image.new("RGB", (size, size), PAD_RGB)
+        canvas.paste(im, ((size - w) // 2, (size - h) // 2))
+        return canvas
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    im = im.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def to_tensor(
+    im: Image.Image, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, fit: str = "resize"
+) -> torch.Tensor:
+    a = np.asarray(fit_square(im, size, fit), dtype=np.float32) / 255.0
+    a = (a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(a.transpose(2, 0, 1).copy())

@@ -1,0 +1,1 @@
+"""The detector network and the runtime (device, precision, memory layout) it runs on."""

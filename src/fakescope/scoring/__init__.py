@@ -1,0 +1,1 @@
+"""Turning images into scores and verdicts: the one scoring path, prediction on files, Grad-CAM."""
