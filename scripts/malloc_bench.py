@@ -13,28 +13,17 @@ import subprocess
 import sys
 
 PROBE = """
-import json, resource, sys, time, torch
-from fakescope.model.runtime import keep_freed_memory
+import json, sys, torch
+from fakescope.bench import training_steps
 from fakescope.model.detector import Detector
+from fakescope.model.runtime import Runtime, keep_freed_memory
 if sys.argv[1] == "kept":
     assert keep_freed_memory()
 torch.manual_seed(0)
-m = Detector("mobilenet_v2", "gap", 299, weights="none").to(memory_format=torch.channels_last)
-m.train()
-x = torch.randn(8, 3, 299, 299).contiguous(memory_format=torch.channels_last)
-y = torch.rand(8, 1)
-opt = torch.optim.Adam(m.parameters(), 2e-4)
-def step():
-    opt.zero_grad()
-    torch.nn.functional.binary_cross_entropy_with_logits(m(x), y).backward()
-    opt.step()
-step()
-r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-for _ in range(int(sys.argv[2])):
-    step()
-secs, r1 = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"img_s": int(sys.argv[2]) * 8 / secs, "user_s": r1.ru_utime - r0.ru_utime,
-                  "sys_s": r1.ru_stime - r0.ru_stime, "faults": r1.ru_minflt - r0.ru_minflt}))
+rt = Runtime(torch.device("cpu"), None, True)
+m = rt.prepare(Detector("mobilenet_v2", "gap", 299, weights="none"))
+r = training_steps(m, rt, torch.randn(8, 3, 299, 299), int(sys.argv[2]), warmup=1)
+print(json.dumps(r))
 """
 
 

@@ -9,34 +9,19 @@ from __future__ import annotations
 
 import argparse
 import socket
-import time
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from fakescope.bench import training_steps
 from fakescope.model.detector import Detector
-from fakescope.model.runtime import keep_freed_memory
+from fakescope.model.runtime import Runtime, keep_freed_memory
 
 
-def _steps_per_s(model, net, batch, steps) -> float:
-    x = torch.randn(batch, 3, 299, 299).contiguous(memory_format=torch.channels_last)
-    y = torch.rand(batch, 1)
-    opt = torch.optim.Adam(model.parameters(), 2e-4)
-
-    def step():
-        opt.zero_grad()
-        torch.nn.functional.binary_cross_entropy_with_logits(net(x), y).backward()
-        opt.step()
-
-    for _ in range(2):  # warm-up: kernel choice and first allocations
-        step()
-    if dist.is_initialized():
-        dist.barrier()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps / (time.perf_counter() - t)
+def _img_per_s(model, net, batch, steps) -> float:
+    rt = Runtime(torch.device("cpu"), None, True)
+    return training_steps(model, rt, torch.randn(batch, 3, 299, 299), steps, net=net)["img_s"]
 
 
 def _model():
@@ -51,11 +36,11 @@ def _worker(rank, port, steps, batch, ddp, result):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     m = _model()
     net = torch.nn.parallel.DistributedDataParallel(m) if ddp else m
-    rate = _steps_per_s(m, net, batch, steps)
+    rate = _img_per_s(m, net, batch, steps)
     out = [None, None]
     dist.all_gather_object(out, rate)
     if rank == 0:
-        result.put(sum(out) * batch)
+        result.put(sum(out))
     dist.destroy_process_group()
 
 
@@ -75,7 +60,7 @@ def main() -> None:
     a = p.parse_args()
     keep_freed_memory()
     m = _model()
-    base = _steps_per_s(m, m, a.batch, a.steps) * a.batch
+    base = _img_per_s(m, m, a.batch, a.steps)
     print(f"1 process x {torch.get_num_threads()} threads: {base:6.2f} img/s")
     for ddp in (True, False):
         r = two_processes(a.steps, a.batch, ddp)

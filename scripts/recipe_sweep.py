@@ -2,8 +2,9 @@
 
 Recipes are *chosen* on the validation columns; the test columns are reported, never used to pick.
 Meant for a machine with spare throughput (a GPU, or many cores); on the 2-core CPU one run of
-the demo recipe takes 12 minutes. ``--fp32`` keeps a GPU in plain fp32 (no autocast, no TF32) so
-that its numbers speak for the CPU's fp32 training, which differs only in summation order.
+the demo recipe takes 12 minutes. ``--fp32`` keeps a GPU in plain fp32 (no autocast, no TF32)
+for training and, since the run stores its precision, for evaluation too: its numbers speak
+for the CPU's fp32 training, which differs only in summation order.
 
     python scripts/recipe_sweep.py --data ../shared/data/sg-ffhq \
         --weights ../shared/weights/mobilenet_v2-b0353104.pth --seeds 0-4 --jobs 4 --fp32 \
@@ -21,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
-# Session 2's demo recipe (scripts/demo.sh now trains 4 of 5 cosine epochs: `ep4h5`) and
+# A base recipe (scripts/demo.sh trains `ep4h5`: 4 of 5 cosine epochs) and
 # variations of it, each a set of TrainConfig overrides.
 BASE = dict(
     backbone="mobilenet_v2",
@@ -43,7 +44,7 @@ RECIPES = {
     "ls05": dict(label_smoothing=0.05),
     "b16": dict(batch_size=16, lr=4e-4),
     "ep4_lr3": dict(epochs=4, lr=3e-4),
-    # session 4: a cosine cut off before its end, and two processes of batch 8 (DDP)
+    # a cosine cut off before its end, and two processes of batch 8 (DDP)
     "ep4h5": dict(epochs=4, lr_epochs=5),
     "p2b16ep5": dict(procs=2, batch_size=16, lr=4e-4, epochs=5),
     "p2b16ep4h5": dict(procs=2, batch_size=16, lr=4e-4, epochs=4, lr_epochs=5),
@@ -65,21 +66,9 @@ FIELDS = [
 ]
 
 
-def _fp32_scoring():
-    """Plain fp32 for evaluation too (training gets ``precision="fp32"``)."""
-    from fakescope import device, inference
-
-    def select(name="auto", fast=True, precision="fp32"):
-        return device.select_runtime(name, fast, "fp32")
-
-    inference.select_runtime = select
-
-
 def run_one(recipe: str, seed: int, args) -> dict:
     from fakescope import TrainConfig, evaluate, train
 
-    if args.fp32:
-        _fp32_scoring()
     out = Path(args.out) / f"{recipe}-s{seed}"
     cfg = TrainConfig(
         **{**BASE, **RECIPES[recipe]},

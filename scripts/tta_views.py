@@ -7,6 +7,7 @@ averaged: does multi-scale test-time averaging help? (docs/results.md §1; choos
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -14,21 +15,19 @@ from sklearn.metrics import roc_auc_score
 
 from fakescope.data.folders import load_samples
 from fakescope.data.images import load_rgb
-from fakescope.data.transforms import to_tensor
-from fakescope.model.detector import inference_model
 from fakescope.runs import load_run
+from fakescope.scoring.scorer import Scorer
 
 SIZES = (256, 299, 340)
 
 
-@torch.no_grad()
-def view_logits(model, run, images, size: int, flip: bool) -> np.ndarray:
+def view_logits(scorer: Scorer, images, size: int, flip: bool) -> np.ndarray:
+    """Logits of one view: the run's scorer at another input size, mirrored or not."""
+    view = Scorer(scorer.backend, replace(scorer.spec, input_size=size, tta=False), 32)
     out = []
     for i in range(0, len(images), 32):
-        batch = images[i : i + 32]
-        x = torch.stack([to_tensor(im, size, run.mean, run.std, run.fit) for im in batch])
-        x = x.contiguous(memory_format=torch.channels_last)
-        out.append(model(torch.flip(x, dims=[3]) if flip else x).squeeze(1))
+        x = view.tensors(images[i : i + 32])
+        out.append(view.logits(torch.flip(x, dims=[3]) if flip else x))
     return torch.cat(out).numpy()
 
 
@@ -43,8 +42,8 @@ def main() -> None:
     chosen = [s for s in samples if s.split == a.split]
     y = np.array([s.label for s in chosen])
     images = [load_rgb(f"{a.data}/{s.path}") for s in chosen]
-    model = inference_model(run.model).to(memory_format=torch.channels_last)
-    views = {(z, f): view_logits(model, run, images, z, f) for z in SIZES for f in (False, True)}
+    scorer = Scorer.of_run(run)
+    views = {(z, f): view_logits(scorer, images, z, f) for z in SIZES for f in (False, True)}
     for (z, f), v in views.items():
         print(f"{z} px{' mirrored' if f else ''}: AUC {roc_auc_score(y, v):.4f}")
     for sizes in ((299,), (256,), (340,), (256, 299), (299, 340), SIZES):

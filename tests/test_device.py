@@ -6,26 +6,18 @@ import sys
 import pytest
 
 PROBE = """
-import resource, sys, torch
-from fakescope.model.runtime import select_runtime
+import sys, torch
+from fakescope.bench import training_steps
 from fakescope.model.detector import Detector
+from fakescope.model.runtime import Runtime, select_runtime
 if sys.argv[1] == "tuned":
     rt = select_runtime("cpu")
     assert rt.malloc_keeps_memory and "malloc keeps memory" in rt.describe(), rt.describe()
 torch.manual_seed(0)
-m = Detector("mobilenet_v2", "gap", 224, weights="none").train()
-opt = torch.optim.Adam(m.parameters(), 1e-4)
-x = torch.randn(8, 3, 224, 224)
-def step():
-    opt.zero_grad()
-    m(x).sum().backward()
-    opt.step()
-for _ in range(2):  # warm-up: the first blocks are faulted in either way
-    step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+m = Detector("mobilenet_v2", "gap", 224, weights="none")
+# the first blocks are faulted in either way: two warm-up steps, then three counted
+r = training_steps(m, Runtime(torch.device("cpu"), None, False), torch.randn(8, 3, 224, 224), 3)
+print(r["faults"])
 """
 
 

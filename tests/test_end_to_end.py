@@ -32,7 +32,10 @@ def test_run_folder_holds_everything_and_no_pickle(small_run):
     assert meta["model"]["backbone"] == "mobilenet_v2" and meta["model"]["input_size"] == 160
     assert meta["threshold"]["computed_on"] == "val" and meta["threshold"]["criterion"] == "youden"
     assert 0 <= meta["threshold"]["value"] <= 1
-    assert len(meta["data"]["sha256"]) == 64 and meta["versions"]["torch"]
+    assert meta["format"] == 2 and meta["model"]["precision"] == "auto"
+    (source,) = meta["data"]["sources"]
+    assert len(source["sha256"]) == 64 and meta["versions"]["torch"]
+    assert source["root"] == str(SG.resolve())  # absolute: the same from any directory
     assert [s["frozen_stages"] for s in meta["steps"]] == [0, 3]
     rows = list(csv.DictReader(open(small_run / "log.csv")))
     assert [r["step"] for r in rows] == ["1", "2"]
@@ -122,7 +125,7 @@ def test_predict_same_score_as_evaluation(small_run):
 
     p = Predictor(small_run, progress=False)
     img = sg_images("fake", n=1)[0]
-    a = p.score_images([Image.open(img).convert("RGB")])[0]
+    a = p.scorer.score_images([Image.open(img).convert("RGB")])[0]
     b = next(iter(p.predict([img]))).score
     assert a == pytest.approx(b, abs=1e-5)
 

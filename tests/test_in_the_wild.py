@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from fakescope.data.faces import FaceCropper
-from fakescope.data.video import write_video
 from fakescope.evaluation.evaluator import evaluate
 from fakescope.scoring.predictor import Predictor, video_score
 
 from .conftest import SG, sg_images
 from .test_faces import iou
+from .videos import write_video
 
 
 def cli(*args):
@@ -65,7 +65,7 @@ def test_group_photo_one_row_per_face(small_run, group_photo, tmp_path):
         assert iou(match["box"], t["box"]) >= 0.5
         # the face cut from the group photo scores like the face image scored on its own: the
         # crop is framed the way the training images were (margin measured at training time)
-        direct = float(pred.score_images([Image.open(t["path"]).convert("RGB")])[0])
+        direct = float(pred.scorer.score_images([Image.open(t["path"]).convert("RGB")])[0])
         assert abs(match["score"] - direct) < 0.2, (match, direct)
         if abs(direct - pred.threshold) > 0.2:
             assert match["verdict"] == pred.verdict(direct)

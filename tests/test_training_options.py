@@ -46,7 +46,7 @@ def tta_run(tmp_path_factory):
 
 def test_tta_is_stored_and_used_by_predict_and_evaluate(tta_run, tmp_path):
     run = load_run(tta_run)
-    assert run.meta["model"]["tta"] == "hflip" and run.tta
+    assert run.meta.to_json()["model"]["tta"] == "hflip" and run.tta
     img = sg_images("fake", n=1)[0]
     x = to_tensor(Image.open(img).convert("RGB"), 96, run.mean, run.std)[None]
     with torch.no_grad():
@@ -99,10 +99,10 @@ def test_two_processes_train_as_one(tmp_path):
     assert moved / total > 5e-4  # the step moved the weights by ~lr each
     assert differ / total < 1e-4
     m1, m2 = load_run(one).meta, load_run(two).meta
-    assert "2 processes" in m2["runtime"] and "processes" not in m1["runtime"]
+    assert "2 processes" in m2.extra["runtime"] and "processes" not in m1.extra["runtime"]
     # each process scored half of val; pooled, the calibration matches the single process's
-    assert m2["threshold"]["n_val"] == m1["threshold"]["n_val"] == 8
-    assert m2["threshold"]["value"] == pytest.approx(m1["threshold"]["value"], abs=1e-3)
+    assert m2.thresholds["n_val"] == m1.thresholds["n_val"] == 8
+    assert m2.threshold == pytest.approx(m1.threshold, abs=1e-3)
 
 
 def test_cosine_cut_before_its_end(tmp_path):
@@ -145,6 +145,35 @@ def test_epochs_per_step(tmp_path):
     ]
     assert float(rows[0]["lr"]) == 0 and float(rows[1]["lr"]) > 0 and float(rows[2]["lr"]) == 0
     meta = load_run(run).meta
-    assert TrainConfig.from_dict(meta["train"]).epochs == (1, 2)
+    assert meta.config.epochs == (1, 2)
     with pytest.raises(Exception, match="one per step"):
         tiny_run(tmp_path / "bad", steps=3, epochs=(1, 2))
+
+
+def test_torchrun_trains_as_procs_does(tmp_path):
+    """The same two-process training launched by torchrun (env:// rendezvous, the console
+    command under torchrun) and by --procs 2 (fakescope spawns its own processes) reaches the
+    same weights and threshold: one code path, any launcher."""
+    import subprocess
+    import sys
+
+    kw = dict(limit_per_class=4, max_train_batches=1, freeze_bn=True, hflip=False)
+    spawned = tiny_run(tmp_path / "spawned", procs=2, **kw)
+    out = tmp_path / "torchrun"
+    argv = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "fakescope.cli", "train", "--data", str(SG), "--out", str(out),
+        "--backbone", "mobilenet_v2", "--head", "gap", "--input-size", "96", "--lr", "1e-3",
+        "--batch-size", "8", "--epochs", "1", "--steps", "1", "--limit-per-class", "4",
+        "--max-train-batches", "1", "--freeze-bn", "--no-hflip", "--no-tensorboard", "--no-eval",
+    ]  # fmt: skip
+    r = subprocess.run(argv, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("run saved to") == 1  # only the lead process writes and reports
+    w1 = load_file(str(spawned / "model.safetensors"))
+    w2 = load_file(str(out / "model.safetensors"))
+    for k, w in w1.items():
+        assert torch.allclose(w.float(), w2[k].float(), atol=1e-6), k
+    m1, m2 = load_run(spawned).meta, load_run(out).meta
+    assert m2.threshold == pytest.approx(m1.threshold, abs=1e-6)
+    assert "2 processes" in m2.extra["runtime"]

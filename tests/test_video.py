@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fakescope.data.video import sample_frames, write_video
+from fakescope.data.video import sample_frames
 from fakescope.errors import BadInput
+
+from .videos import write_video
 
 # conftest.py lets FAKESCOPE_SHARED move the shared folder; the default is ../shared
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -1,70 +1,117 @@
 """Images per second for training and inference, fast path against the plain fp32 eager baseline
-measured in the same process, so the ratio holds on whatever machine runs it."""
+measured in the same process, so the ratio holds on whatever machine runs it.
+
+``training_steps`` is the one timing probe for training steps: the benchmark, the scripts that
+compare malloc settings and process counts, and the tests all measure through it.
+"""
 
 from __future__ import annotations
 
+import resource
 import time
 
 import torch
 from torch import nn
 
-from .model.detector import Detector, inference_model
+from .model.detector import Detector
 from .model.runtime import Runtime, select_runtime
+from .runs import ModelSpec
+from .scoring.scorer import Scorer, TorchBackend
 
 
-def _measure(model: nn.Module, rt: Runtime, x: torch.Tensor, iters: int, train: bool) -> float:
-    model = rt.prepare(model)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def training_steps(
+    model: nn.Module, rt: Runtime, x: torch.Tensor, steps: int, warmup: int = 2, net=None
+) -> dict:
+    """Time ``steps`` Adam steps of ``model`` on batch ``x`` (after ``warmup`` untimed ones,
+    where oneDNN picks kernels and the first blocks are faulted in). ``net`` is what forward is
+    called on (a DDP wrapper of ``model``); the model is prepared for ``rt`` by the caller.
+    Returns images per second, seconds, and this process's CPU seconds and minor page faults
+    over the timed steps."""
+    net = model if net is None else net
     x = rt.batch(x)
     y = torch.zeros(len(x), device=rt.device)
-    opt = torch.optim.Adam(model.parameters(), 1e-3) if train else None
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-4)
     bce = nn.BCEWithLogitsLoss()
+    model.train()
 
-    def once():
-        if train:
-            with rt.autocast():
-                loss = bce(model(x).float().squeeze(1), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        else:
-            with torch.no_grad(), rt.autocast():
-                model(x)
+    def step():
+        with rt.autocast():
+            loss = bce(net(x).float().squeeze(1), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
-    model.train(train)
-    once()  # warm-up: oneDNN picks kernels, caches fill
-    if rt.device.type == "cuda":
-        torch.cuda.synchronize()
+    for _ in range(warmup):
+        step()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    _sync(rt.device)
+    r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(rt.device)
+    secs, r1 = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "img_s": steps * len(x) / secs,
+        "seconds": secs,
+        "user_s": r1.ru_utime - r0.ru_utime,
+        "sys_s": r1.ru_stime - r0.ru_stime,
+        "faults": r1.ru_minflt - r0.ru_minflt,
+    }
+
+
+def scoring_rate(scorer: Scorer, x: torch.Tensor, iters: int) -> float:
+    """Images per second of ``scorer`` on batch ``x`` (one warm-up batch first)."""
+    scorer.score_tensors(x)
     t = time.perf_counter()
     for _ in range(iters):
-        once()
-    if rt.device.type == "cuda":
-        torch.cuda.synchronize()
+        scorer.score_tensors(x)
     return iters * len(x) / (time.perf_counter() - t)
 
 
+class _Eager:
+    """The baseline: the model as built, no BatchNorm folding, no fast path."""
+
+    def __init__(self, model: nn.Module, rt: Runtime):
+        self.runtime, self.model = rt, rt.prepare(model).eval()
+
+    @torch.no_grad()
+    def logits(self, x):
+        return self.model(self.runtime.batch(x)).float().reshape(-1).cpu()
+
+
 def run_bench(backbone="resnet50", size=299, batch=16, iters=3, device="auto") -> dict:
-    modes = ("inference", "training")
     base = select_runtime(device, fast=False)
     torch.manual_seed(0)
     x = torch.randn(batch, 3, size, size)
+    spec = ModelSpec(backbone, "flatten", size)
     print(
         f"fakescope bench: {backbone} at {size}px, batch {batch}, {iters} timed batches, "
         f"{torch.get_num_threads()} threads"
     )
 
-    def rate(mode: str, rt: Runtime, fold: bool) -> float:
-        model = Detector(backbone, "flatten", size, weights="none")
-        if fold:
-            model = inference_model(model)  # what predict and evaluate score with
-        return _measure(model, rt, x, iters, train=mode == "training")
+    def model():
+        return Detector(backbone, "flatten", size, weights="none")
 
+    def rate(mode: str, rt: Runtime, fast: bool) -> float:
+        if mode == "training":
+            return training_steps(rt.prepare(model()), rt, x, iters, warmup=1)["img_s"]
+        backend = TorchBackend(model(), rt) if fast else _Eager(model(), rt)
+        return scoring_rate(Scorer(backend, spec, batch), x, iters)
+
+    modes = ("inference", "training")
     # Every baseline first: on a CPU the fast runtime also changes how malloc keeps memory, for
     # the whole process and for good.
     baseline = {mode: rate(mode, base, False) for mode in modes}
     fast = select_runtime(device, fast=True)
     results = {}
     for mode in modes:
-        r = {"baseline": baseline[mode], "fast": rate(mode, fast, mode == "inference")}
+        r = {"baseline": baseline[mode], "fast": rate(mode, fast, True)}
         results[mode] = {**r, "ratio": r["fast"] / r["baseline"]}
         path = fast.describe() + (", BN folded" if mode == "inference" else "")
         print(

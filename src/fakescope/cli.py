@@ -7,9 +7,10 @@ import csv
 import sys
 from pathlib import Path
 
+from .config import DEFAULT_FACE_MARGIN, TrainConfig
 from .errors import FakescopeError
 
-DEFAULT_DATA = "../shared/data/sg-ffhq"
+DEFAULT_DATA = TrainConfig.data
 
 
 def _csv_list(s: str) -> tuple[str, ...]:
@@ -31,176 +32,47 @@ def _int_list(s: str) -> tuple[int, ...]:
     return v
 
 
+def _config_type(f):
+    """The argparse type of a TrainConfig field, from its default."""
+    if f.name == "epochs":
+        return _epochs
+    d = f.default
+    if isinstance(d, tuple):
+        return _csv_list if f.name == "exclude" else _int_list
+    return type(d)
+
+
+def add_config_options(p, config_cls) -> None:
+    """One option per field of a config dataclass, with the field's default and help text."""
+    from dataclasses import fields
+
+    for f in fields(config_cls):
+        meta = dict(f.metadata)
+        help_text = meta.pop("help", None)
+        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        if isinstance(f.default, bool):
+            action = "store_false" if f.default else "store_true"
+            p.add_argument(flag, dest=f.name, action=action, help=help_text)
+            continue
+        p.add_argument(
+            flag, dest=f.name, type=_config_type(f), default=f.default, help=help_text, **meta
+        )
+
+
 def _add_train(sub):
+    from .config import TrainConfig
+
     p = sub.add_parser(
         "train",
         help="train a detector (and evaluate it on the test split)",
         description="Fine-tune an ImageNet CNN to tell real from fake faces, as in Kroiss & "
         "Reschke (arXiv 2503.11389): Flatten head with one sigmoid unit, Adam, BCE, up to three "
         "steps of progressive freezing. Writes a run folder (weights in safetensors, "
-        "fakescope.json, logs, split) and, when the data has a test split, evaluates on it.",
+        "fakescope.json, logs, split) and, when the data has a test split, evaluates on it. "
+        "Runs under torchrun as well (one model trained by all its processes).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--data",
-        default=DEFAULT_DATA,
-        help="folder with real/ and fake/ "
-        "(fake/<generator>/ for DFFD); splits.csv used when present",
-    )
-    p.add_argument("--out", default="runs/latest", help="run folder to create")
-    p.add_argument(
-        "--backbone",
-        default="resnet50",
-        help="torchvision model: resnet50, mobilenet_v2, resnet18, efficientnet_b0, ...",
-    )
-    p.add_argument(
-        "--head",
-        default="flatten",
-        choices=["flatten", "gap"],
-        help="flatten: the paper's Flatten+Dense(1); gap: global average pool first",
-    )
-    p.add_argument(
-        "--weights",
-        default="imagenet",
-        help="'imagenet' (torchvision download, "
-        "cached in $TORCH_HOME), 'none' (random init) or a weights file path",
-    )
-    p.add_argument("--input-size", type=int, default=299)
-    p.add_argument(
-        "--fit",
-        default="resize",
-        choices=["resize", "pad"],
-        help="resize: scale to the input size (the paper's); pad: never upsample, "
-        "centre smaller images on a mean-colour canvas",
-    )
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument(
-        "--lr-schedule",
-        default="constant",
-        choices=["constant", "cosine"],
-        help="constant (the paper's) or cosine decay to 0 over --epochs",
-    )
-    p.add_argument(
-        "--lr-epochs",
-        type=int,
-        default=0,
-        help="epochs the cosine schedule spans (0: --epochs); more than --epochs stops "
-        "training before the rate reaches zero",
-    )
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument(
-        "--freeze-bn",
-        action="store_true",
-        help="keep BatchNorm statistics at their ImageNet values (affine weights still train)",
-    )
-    p.add_argument(
-        "--ema",
-        type=float,
-        default=0.0,
-        help="decay of an exponential moving average of the weights (e.g. 0.998); the "
-        "averaged weights are validated, kept and saved. 0 = off",
-    )
-    p.add_argument(
-        "--tta",
-        action="store_true",
-        help="test-time augmentation stored in the run: every score (validation, "
-        "evaluate, predict) averages the image and its mirror image; twice the inference cost",
-    )
-    p.add_argument(
-        "--label-smoothing",
-        type=float,
-        default=0.0,
-        help="train on targets eps/2 and 1-eps/2 instead of 0 and 1 (e.g. 0.1); "
-        "validation loss always uses the true labels",
-    )
-    p.add_argument(
-        "--epochs",
-        type=_epochs,
-        default=10,
-        help="max epochs per step: one number for every step, or one per step (e.g. 1,3)",
-    )
-    p.add_argument(
-        "--patience",
-        type=int,
-        default=2,
-        help="early stopping: epochs without val-loss improvement",
-    )
-    p.add_argument(
-        "--steps",
-        type=int,
-        default=3,
-        choices=[1, 2, 3],
-        help="training steps to run; 1 = the paper's best variant (all layers)",
-    )
-    p.add_argument(
-        "--freeze-stages",
-        type=_int_list,
-        default=(0, 3, 4),
-        help="backbone stages (of stem,stage1..stage4) frozen in steps 1,2,3",
-    )
-    p.add_argument(
-        "--exclude", type=_csv_list, default=(), help="generators to drop, e.g. faceswap,stargan"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-hflip", dest="hflip", action="store_false")
-    p.add_argument(
-        "--jpeg-prob",
-        type=float,
-        default=0.0,
-        help="probability of JPEG re-compression (both classes alike)",
-    )
-    p.add_argument("--jpeg-quality", type=_int_list, default=(60, 100), help="quality range")
-    p.add_argument("--blur-prob", type=float, default=0.0)
-    p.add_argument(
-        "--resize-prob",
-        type=float,
-        default=0.0,
-        help="probability of a random down-and-up resize (0.5x-1x)",
-    )
-    p.add_argument(
-        "--crop-scale",
-        type=float,
-        default=1.0,
-        help="<1: random square crops of this..1 of the short side (scale jitter)",
-    )
-    p.add_argument(
-        "--faces",
-        default="never",
-        choices=["never", "auto", "always"],
-        help="crop training images through the face stage (as predict does)",
-    )
-    p.add_argument(
-        "--face-margin",
-        type=float,
-        default=0.0,
-        help="crop side / face box side for the face stage; 0 = measure how the "
-        "training images frame their faces and use that at prediction",
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32"],
-        help="auto: bf16/fp16 autocast where the hardware is fast at it; fp32: never, "
-        "and no TF32 on CUDA (a GPU then trains with a CPU's arithmetic)",
-    )
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
-    p.add_argument(
-        "--procs",
-        type=int,
-        default=1,
-        help="training processes (DistributedDataParallel), each with its share of the CPU "
-        "cores or its own GPU; --batch-size is the total over them. On a 2-core CPU, 2 "
-        "processes of one thread train faster than one of two threads",
-    )
-    p.add_argument("--max-train-batches", type=int, default=0, help="cap per epoch (smoke runs)")
-    p.add_argument(
-        "--limit-per-class",
-        type=int,
-        default=0,
-        help="use at most N images per class and split (smoke runs)",
-    )
-    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    add_config_options(p, TrainConfig)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
     p.set_defaults(func=cmd_train)
@@ -208,12 +80,13 @@ def _add_train(sub):
 
 def cmd_train(a) -> int:
     from .config import TrainConfig
+    from .training.distributed import Ranks
     from .training.loop import train
 
     keys = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in keys})
     run = train(cfg, resume=a.resume)
-    if a.no_eval:
+    if a.no_eval or not Ranks.from_env().lead:  # under torchrun only one process evaluates
         return 0
     from .data.folders import load_samples
 
@@ -474,7 +347,9 @@ def _add_faces(sub):
     e.add_argument("dst")
     e.add_argument("--label", choices=["real", "fake"], default=None)
     e.add_argument("--generator", default=None, help="put fakes under fake/GENERATOR/")
-    e.add_argument("--margin", type=float, default=1.3, help="crop side / face box side")
+    e.add_argument(
+        "--margin", type=float, default=DEFAULT_FACE_MARGIN, help="crop side / face box side"
+    )
     e.add_argument("--align", action="store_true", help="rotate so the eyes are level")
     e.add_argument("--frames", type=int, default=16, help="frames sampled per video")
     e.add_argument("--max-faces", type=int, default=10, help="per image or frame")
@@ -524,6 +399,9 @@ def _version() -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from .messages import show_messages
+
+    show_messages()
     try:
         return int(args.func(args) or 0)
     except FakescopeError as e:

@@ -1,71 +1,165 @@
-"""One typed configuration object for training; it is stored verbatim in the run's JSON."""
+"""One typed configuration object for training; it is stored verbatim in the run's JSON.
+
+Each field carries its command-line help (and choices) in its metadata: ``fakescope train``'s
+options are generated from these fields (cli.py), so a field, its default and its help text
+live in one place.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+
+from .errors import FakescopeError
+
+# crop side / face box side where nothing better is known (training measures its own framing)
+DEFAULT_FACE_MARGIN = 1.3
+
+
+def opt(default, help: str, **cli):
+    """A config field with its command-line help; ``cli`` holds argparse extras (choices,
+    metavar) and ``flag``: the option's name when it is not --field-name."""
+    return field(default=default, metadata={"help": help, **cli})
 
 
 @dataclass
 class TrainConfig:
-    data: str = "../shared/data/sg-ffhq"
-    out: str = "runs/latest"
-    backbone: str = "resnet50"
-    head: str = "flatten"  # "flatten" (the paper's) or "gap"
-    weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
-    input_size: int = 299
-    fit: str = "resize"  # how images reach input_size: "resize" (paper) or "pad" (no upsampling)
+    data: str = opt(
+        "../shared/data/sg-ffhq",
+        "folder with real/ and fake/ (fake/<generator>/ for DFFD); splits.csv used when present",
+    )
+    out: str = opt("runs/latest", "run folder to create")
+    backbone: str = opt(
+        "resnet50", "torchvision model: resnet50, mobilenet_v2, resnet18, efficientnet_b0, ..."
+    )
+    head: str = opt(
+        "flatten",
+        "flatten: the paper's Flatten+Dense(1); gap: global average pool first",
+        choices=("flatten", "gap"),
+    )
+    weights: str = opt(
+        "imagenet",
+        "'imagenet' (torchvision download, cached in $TORCH_HOME), 'none' (random init) or a "
+        "weights file path",
+    )
+    input_size: int = opt(299, "input side in pixels (the paper's: 299)")
+    fit: str = opt(
+        "resize",
+        "resize: scale to the input size (the paper's); pad: never upsample, centre smaller "
+        "images on a mean-colour canvas",
+        choices=("resize", "pad"),
+    )
     # Training (paper: Adam, lr 0.001, binary cross-entropy)
-    lr: float = 1e-3
-    lr_schedule: str = "constant"  # "constant" (paper) or "cosine" (decay to 0 over `epochs`)
-    # Epochs the cosine schedule spans; 0: the step's max epochs. More than those: the step
-    # ends before the rate reaches zero (a truncated cosine)
-    lr_epochs: int = 0
-    batch_size: int = 16
-    # Max epochs per step (early stopping usually ends sooner): one number for every step, or
-    # one per step, e.g. (1, 3): a short step with the stem frozen, then a longer full one
-    epochs: int | tuple[int, ...] = 10
-    patience: int = 2  # epochs without a validation-loss improvement before a step stops
-    # BatchNorm layers keep their ImageNet statistics (eval mode) while their affine weights train:
-    # ~18% faster steps on a CPU, but it learnt much more slowly on sg-ffhq (docs/results.md)
-    freeze_bn: bool = False
-    ema: float = 0.0  # >0: keep an exponential moving average of the weights with this decay
-    # Score each image and its mirror image and average the logits, in validation and in every
-    # later use of the run (stored in it): more reliable ranking at twice the inference cost
-    tta: bool = False
-    label_smoothing: float = 0.0  # train on targets eps/2 and 1-eps/2 instead of 0 and 1
-    steps: int = 3  # how many of the three steps to run; the paper found step 1 alone best
-    # Backbone stages frozen in steps 1, 2, 3 (stages: stem, stage1..stage4; see model.py)
-    freeze_stages: tuple[int, ...] = (0, 3, 4)
-    exclude: tuple[
-        str, ...
-    ] = ()  # generator names dropped from the data (paper: faceswap, stargan)
-    seed: int = 0
+    lr: float = opt(1e-3, "Adam learning rate (the paper's: 0.001)")
+    lr_schedule: str = opt(
+        "constant",
+        "constant (the paper's) or cosine decay to 0 over each step's epochs",
+        choices=("constant", "cosine"),
+    )
+    lr_epochs: int = opt(
+        0,
+        "epochs the cosine schedule spans (0: the step's --epochs); more than --epochs stops "
+        "training before the rate reaches zero",
+    )
+    batch_size: int = opt(16, "images per optimiser step (the total over --procs processes)")
+    epochs: int | tuple[int, ...] = opt(
+        10, "max epochs per step: one number for every step, or one per step (e.g. 1,3)"
+    )
+    patience: int = opt(2, "early stopping: epochs without a val-loss improvement")
+    freeze_bn: bool = opt(
+        False,
+        "keep BatchNorm statistics at their ImageNet values (affine weights still train); "
+        "~18%% faster on a CPU but learnt much more slowly on sg-ffhq",
+    )
+    ema: float = opt(
+        0.0,
+        "decay of an exponential moving average of the weights (e.g. 0.998); the averaged "
+        "weights are validated, kept and saved. 0 = off",
+    )
+    tta: bool = opt(
+        False,
+        "test-time augmentation stored in the run: every score (validation, evaluate, "
+        "predict) averages the image and its mirror image; twice the inference cost",
+    )
+    label_smoothing: float = opt(
+        0.0,
+        "train on targets eps/2 and 1-eps/2 instead of 0 and 1 (e.g. 0.1); validation loss "
+        "always uses the true labels",
+    )
+    steps: int = opt(
+        3,
+        "training steps to run; 1 = the paper's best variant (all layers)",
+        choices=(1, 2, 3),
+    )
+    freeze_stages: tuple[int, ...] = opt(
+        (0, 3, 4), "backbone stages (of stem,stage1..stage4) frozen in steps 1,2,3"
+    )
+    exclude: tuple[str, ...] = opt((), "generators to drop, e.g. faceswap,stargan (the paper's)")
+    seed: int = opt(0, "seed of the split (when made), the order, the augmentations and init")
     # Forensic augmentations, applied to both classes alike
-    hflip: bool = True
-    jpeg_prob: float = 0.0  # probability of re-compressing a training image as JPEG
-    jpeg_quality: tuple[int, int] = (60, 100)
-    blur_prob: float = 0.0
-    resize_prob: float = 0.0  # random down-and-up resize (0.5x to 1x)
-    crop_scale: float = 1.0  # <1: random square crops of crop_scale..1 of the short side
-    # Face stage used on the training data ("never" trains on the images as they are)
-    faces: str = "never"
-    face_margin: float = 0.0  # crop side / face box side; 0 = measure on the training images
+    hflip: bool = opt(True, "no random horizontal flips", flag="--no-hflip")
+    jpeg_prob: float = opt(0.0, "probability of JPEG re-compression (both classes alike)")
+    jpeg_quality: tuple[int, int] = opt((60, 100), "JPEG quality range, e.g. 60,100")
+    blur_prob: float = opt(0.0, "probability of a Gaussian blur (sigma 0.1-1.5)")
+    resize_prob: float = opt(0.0, "probability of a random down-and-up resize (0.5x-1x)")
+    crop_scale: float = opt(
+        1.0, "<1: random square crops of this..1 of the short side (scale jitter)"
+    )
+    faces: str = opt(
+        "never",
+        "crop training images through the face stage (as predict does)",
+        choices=("never", "auto", "always"),
+    )
+    face_margin: float = opt(
+        0.0,
+        "crop side / face box side for the face stage; 0 = measure how the training images "
+        "frame their faces and use that at prediction",
+    )
     # Machine
-    device: str = "auto"
-    # "auto": bf16/fp16 autocast where the hardware is fast at it; "fp32": never (and no TF32)
-    precision: str = "auto"
-    workers: int = 0
-    # Training processes (DistributedDataParallel). On a CPU, N processes of cores/N threads each
-    # outrun one process of all threads (small kernels parallelise poorly); batch_size is the
-    # total over them, so each process's BatchNorm sees batch_size/procs images.
-    procs: int = 1
-    max_train_batches: int = 0  # >0 caps batches per epoch (smoke tests)
-    limit_per_class: int = 0  # >0 caps images per class and split (smoke tests)
-    tensorboard: bool = True
+    device: str = opt("auto", "auto, cpu, cuda, cuda:1, mps")
+    precision: str = opt(
+        "auto",
+        "auto: bf16/fp16 autocast where the hardware is fast at it; fp32: never, and no TF32 "
+        "on CUDA (a GPU then trains with a CPU's arithmetic)",
+        choices=("auto", "fp32"),
+    )
+    workers: int = opt(0, "data-loading processes")
+    procs: int = opt(
+        1,
+        "training processes on this machine (DistributedDataParallel), each with its share of "
+        "the CPU cores or its own GPU; --batch-size is the total over them. Under torchrun "
+        "leave it at 1: torchrun starts the processes",
+    )
+    max_train_batches: int = opt(0, "cap on batches per epoch (smoke runs)")
+    limit_per_class: int = opt(0, "use at most N images per class and split (smoke runs)")
+    tensorboard: bool = opt(True, "no TensorBoard log", flag="--no-tensorboard")
 
     def epochs_of(self, step: int) -> int:
         """Max epochs of step ``step`` (0-based)."""
         return self.epochs if isinstance(self.epochs, int) else self.epochs[step]
+
+    def check(self) -> None:
+        """Every value that can be wrong before anything runs, as one clear error."""
+        if not 1 <= self.steps <= 3:
+            raise FakescopeError("--steps must be 1, 2 or 3")
+        if len(self.freeze_stages) < self.steps:
+            raise FakescopeError(f"--freeze-stages needs one value per step ({self.steps})")
+        if not isinstance(self.epochs, int) and len(self.epochs) < self.steps:
+            raise FakescopeError(f"--epochs needs one number, or one per step ({self.steps})")
+        if not 0 <= self.label_smoothing < 1:
+            raise FakescopeError("--label-smoothing must be in [0, 1), e.g. 0.1")
+        if self.procs < 1 or self.batch_size % self.procs:
+            raise FakescopeError(
+                f"--batch-size ({self.batch_size}) must be a multiple of --procs ({self.procs})"
+            )
+        for name in ("fit", "head", "lr_schedule", "faces", "precision"):
+            choices = _FIELDS[name].metadata["choices"]
+            if getattr(self, name) not in choices:
+                flag = "--" + name.replace("_", "-")
+                raise FakescopeError(f"{flag} must be one of {', '.join(choices)}")
+        if self.lr_epochs < 0:
+            raise FakescopeError("--lr-epochs must be 0 (the step's epochs) or more")
+        if self.ema and not 0 < self.ema < 1:
+            raise FakescopeError("--ema must be between 0 and 1 (e.g. 0.99), or 0 for off")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,3 +172,6 @@ class TrainConfig:
             if isinstance(kw.get(k), list):
                 kw[k] = tuple(kw[k])
         return cls(**kw)
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}

@@ -45,3 +45,17 @@ class ImageDataset(torch.utils.data.Dataset):
             # seeded per (seed, epoch, index): reproducible with any number of workers
             im = self.augment(im, random.Random(hash((self.seed, self.epoch, i))))
         return to_tensor(im, self.size, self.mean, self.std, self.fit), s.label, i
+
+
+def make_loader(dataset, batch_size, shuffle=False, workers=0, seed=0, sampler=None):
+    """A DataLoader whose shuffling is seeded (the same order on every run and process)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=None if sampler is not None else shuffle,
+        sampler=sampler,
+        num_workers=workers,
+        generator=g,
+        persistent_workers=workers > 0,
+    )

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..data.images import is_video, list_files, load_rgb
+from ..config import DEFAULT_FACE_MARGIN
 from ..errors import BadInput, FakescopeError
+from .images import is_video, list_files, load_rgb
 
 MANIFEST_FIELDS = ["crop", "label", "source", "frame", "face", "x1", "y1", "x2", "y2", "confidence"]
 
@@ -37,7 +38,7 @@ def extract_faces(
     dst,
     label: str | None = None,
     generator: str | None = None,
-    margin: float = 1.3,
+    margin: float = DEFAULT_FACE_MARGIN,
     align: bool = False,
     frames: int = 16,
     max_faces: int = 10,

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..config import DEFAULT_FACE_MARGIN
 from ..errors import FakescopeError
 
 FACE_MODES = ("auto", "always", "never")
@@ -116,7 +117,9 @@ class MTCNNDetector:
         return faces[: self.max_faces]
 
 
-def crop_face(im: Image.Image, face: Face, margin: float = 1.3, align: bool = False) -> Image.Image:
+def crop_face(
+    im: Image.Image, face: Face, margin: float = DEFAULT_FACE_MARGIN, align: bool = False
+) -> Image.Image:
     """Square crop of side ``margin * max(box w, box h)`` centred on the box centre (moved
     just enough to stay inside the image when it fits).
 
@@ -176,7 +179,7 @@ class FaceCropper:
     def __init__(
         self,
         mode: str = "auto",
-        margin: float = 1.3,
+        margin: float = DEFAULT_FACE_MARGIN,
         align: bool = False,
         detector: FaceDetector | None = None,
         min_face: int = 20,

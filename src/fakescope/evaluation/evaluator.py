@@ -10,33 +10,47 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.dataset import ImageDataset
-from ..data.folders import all_as, read_splits
+from ..data.dataset import ImageDataset, make_loader
+from ..data.folders import all_as, fingerprint, read_splits
 from ..data.transforms import Augment
 from ..errors import FakescopeError
 from ..runs import Run, load_run, write_json
+from ..scoring.scorer import Scorer
 from . import metrics as M
 from . import plots
+
+
+def same_data(run: Run, data: Path) -> bool:
+    """Whether ``data`` is a folder the run was trained on: by its absolute root, or, for runs
+    that stored a relative one, by the fingerprint of the run's split over this folder (so the
+    answer does not depend on the current directory)."""
+    for src in run.meta.sources:
+        if src.get("root") and Path(src["root"]) == data.resolve():
+            return True
+    if len(run.meta.sources) == 1 and run.split_file.exists():
+        sha = run.meta.sources[0].get("sha256")
+        return sha is not None and fingerprint(data, read_splits(run.split_file))["sha256"] == sha
+    return False
 
 
 def _samples_for(run: Run, data: Path, split: str | None):
     """Samples of ``data`` for ``split``; the split comes from the data's splits.csv, else from
     the run's own split.csv when the run was trained on this very folder."""
     have_csv = (data / "splits.csv").exists()
-    same_data = Path(run.meta["data"]["root"]).resolve() == data.resolve()
+    same = same_data(run, data)
     if split is None:
-        split = "test" if (have_csv or same_data) else "all"
+        split = "test" if (have_csv or same) else "all"
     if split == "all":
         return all_as(data), split
     if have_csv:
         samples = read_splits(data / "splits.csv")
-    elif same_data:
-        samples = read_splits(run.path / "split.csv")
+    elif same:
+        samples = read_splits(run.split_file)
     else:
         raise FakescopeError(
             f"{data}: no splits.csv, so --split {split} is undefined; use --split all"
         )
-    exclude = {e.lower() for e in run.meta["train"].get("exclude", [])} if same_data else set()
+    exclude = {e.lower() for e in run.meta.config.exclude} if same else set()
     chosen = [
         s for s in samples if s.split == split and not (s.label and s.source.lower() in exclude)
     ]
@@ -78,9 +92,6 @@ def evaluate(
     per class to the report. ``reencode`` re-saves every image as JPEG at that quality before
     scoring, so both classes carry the same quantisation tables (against compression shortcuts).
     Returns the metrics dict."""
-    from ..scoring.predictor import Predictor
-    from ..training.loop import make_loader, score_loader
-
     run = run if isinstance(run, Run) else load_run(run)
     data = Path(data)
     samples, split = _samples_for(run, data, split)
@@ -88,15 +99,13 @@ def evaluate(
         raise FakescopeError(f"{data}: split {split!r} needs images of both classes")
     out = Path(out) if out else run.path / f"eval-{data.name}-{split}"
     out.mkdir(parents=True, exist_ok=True)
-    faces = faces or run.meta.get("faces", {}).get("mode", "never")
-    predictor = Predictor(run, device=device, batch_size=batch_size, progress=progress)
+    faces = faces or run.meta.face_mode
+    scorer = Scorer.of_run(run, device, batch_size)
     prepare = None
     if faces != "never":
         from ..data.faces import FaceCropper
 
-        prepare = FaceCropper(
-            mode=faces, margin=run.meta.get("faces", {}).get("margin", 1.3)
-        ).training_crop
+        prepare = FaceCropper(mode=faces, margin=run.meta.face_margin).training_crop
     # a deterministic "augmentation": every image re-encoded at exactly this quality
     recode = (
         Augment(hflip=False, jpeg_prob=1.0, jpeg_quality=(reencode,) * 2) if reencode else None
@@ -111,15 +120,8 @@ def evaluate(
         std=run.std,
         fit=run.fit,
     )
-    s, y, loss = score_loader(
-        predictor.model,
-        make_loader(ds, batch_size, False, 0),
-        predictor.runtime,
-        f"scoring {split}",
-        progress,
-        run.tta,
-    )
-    thr = run.threshold
+    s, y, loss = scorer.score_loader(make_loader(ds, batch_size), f"scoring {split}", progress)
+    thr, stored = run.threshold, run.meta.thresholds
     result = M.summarize(y, s, thr)
     kde = M.kde_analysis(y, s, roc_threshold=thr)
     sweep = M.sweep(y, s)
@@ -131,11 +133,9 @@ def evaluate(
             "reencoded_jpeg_quality": reencode,
             "faces": faces,
             "loss": loss,
-            "threshold_source": {k: run.meta["threshold"][k] for k in ("criterion", "computed_on")},
-            "stored_thresholds": {
-                k: run.meta["threshold"].get(k) for k in ("youden", "f1", "kde_intersection")
-            },
-            "at_f1_threshold": M.at_threshold(y, s, run.meta["threshold"]["f1"]),
+            "threshold_source": {k: stored[k] for k in ("criterion", "computed_on")},
+            "stored_thresholds": {k: stored.get(k) for k in ("youden", "f1", "kde_intersection")},
+            "at_f1_threshold": M.at_threshold(y, s, stored["f1"]),
             # what the threshold would have been on this split: for comparison only, never used
             "ideal_on_this_split": M.ideal_thresholds(y, s),
             "sweep": sweep,
@@ -162,7 +162,8 @@ def evaluate(
     if explain:
         from ..scoring.explain import explanation_figures
 
-        expl = explanation_figures(predictor, ds, y, s, out, per_class=explain)
+        model = scorer.runtime.prepare(run.model).eval()
+        expl = explanation_figures(model, thr, ds, y, s, out, per_class=explain)
         figures.update(expl["figures"])
         result["explanations"] = expl["summary"]
     write_json(out / "metrics.json", result)

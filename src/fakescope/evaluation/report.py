@@ -88,7 +88,7 @@ def write_report(path: Path, run, m: dict, figures: dict) -> Path:
             f"{val_kde:.4f} and Youden's J gives {youden:.4f} ({val_kde - youden:+.4f})."
         )
     parts = [
-        f"<h1>fakescope evaluation: {html.escape(run.meta['model']['backbone'])} on "
+        f"<h1>fakescope evaluation: {html.escape(run.spec.backbone)} on "
         f"{html.escape(m['data'])} ({html.escape(m['split'])} split)</h1>",
         f"<p>{m['n_real']} real and {m['n_fake']} fake images; face stage: "
         f"{html.escape(m['faces'])}; run <code>{html.escape(str(run.path))}</code>.</p>",
@@ -117,8 +117,9 @@ def write_report(path: Path, run, m: dict, figures: dict) -> Path:
             "<h2>Explanations (Grad-CAM)</h2>",
             f"<p>{html.escape(m['explanations'].get('text', ''))}</p>",
         ]
+    meta = run.meta.to_json()
     cfg = {
-        k: run.meta.get(k)
+        k: meta.get(k)
         for k in ("model", "threshold", "faces", "train", "steps", "data", "versions")
     }
     parts += [

@@ -23,7 +23,6 @@ from ..errors import FakescopeError, WeightsUnavailable
 # Stage boundaries follow the points where the feature map halves.
 _MOBILENET_V2_STAGES = [range(0, 2), range(2, 4), range(4, 7), range(7, 14), range(14, 19)]
 _EFFICIENTNET_STAGES = [range(0, 2), range(2, 3), range(3, 4), range(4, 6), range(6, 9)]
-STAGE_NAMES = ("stem", "stage1", "stage2", "stage3", "stage4")
 
 
 def _family(backbone: str) -> str:

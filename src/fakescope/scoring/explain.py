@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -40,13 +41,27 @@ def _safe_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_")[-120:]
 
 
+def unit_overlays(predictor, units) -> list[np.ndarray]:
+    """Grad-CAM overlays (HxWx3 uint8) of scored units, each explaining its own verdict."""
+    spec = predictor.scorer.spec
+    x = predictor.scorer.tensors([u.image for u in units])
+    cats = [int(u.row.verdict == "fake") for u in units]
+    maps = cams(predictor.model, x, cats, predictor.batch_size)
+    pairs = zip(units, maps, strict=True)
+    return [overlay(u.image, m, spec.input_size, spec.fit) for u, m in pairs]
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """An overlay (or any HxWx3 uint8 array) as PNG bytes, for a web page or an API."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def write_overlays(predictor, units, out_dir: Path) -> None:
     """Grad-CAM overlay PNGs for scored units (predict --explain); sets ``row.explanation``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    x = predictor.tensors([u.image for u in units])
-    cats = [int(u.row.verdict == "fake") for u in units]
-    maps = cams(predictor.model, x, cats, predictor.batch_size)
-    for u, m in zip(units, maps, strict=True):
+    for u, ov in zip(units, unit_overlays(predictor, units), strict=True):
         r = u.row
         name = _safe_name(r.path)
         if r.frame is not None:
@@ -54,7 +69,7 @@ def write_overlays(predictor, units, out_dir: Path) -> None:
         if r.face is not None:
             name += f"_face{r.face}"
         path = out_dir / f"{name}_gradcam.png"
-        Image.fromarray(overlay(u.image, m, predictor.run.input_size, predictor.run.fit)).save(path)
+        path.write_bytes(png_bytes(ov))
         r.explanation = str(path)
 
 
@@ -74,22 +89,23 @@ def region_shares(mean_map: np.ndarray) -> dict:
     }
 
 
-def explanation_figures(predictor, ds, y, s, out: Path, per_class: int = 24) -> dict:
-    """Mean Grad-CAM of correctly classified real and fake images, and the ten most confident
-    mistakes with their maps. Returns figure paths and a numeric summary."""
+def explanation_figures(model, threshold, ds, y, s, out: Path, per_class: int = 24) -> dict:
+    """Mean Grad-CAM of correctly classified real and fake images of an ImageDataset ``ds``
+    scored ``s``, and the ten most confident mistakes with their maps. ``model`` is the
+    unfolded detector on its device. Returns figure paths and a numeric summary."""
     from ..evaluation import plots
 
-    thr = predictor.threshold
+    thr = threshold
     pred = (s >= thr).astype(int)
     summary, figures = {}, {}
     means, titles = [], []
-    size = predictor.run.input_size
+    size = ds.size
     for label, name in ((0, "real"), (1, "fake")):
         idx = np.nonzero((y == label) & (pred == label))[0][:per_class]
         if len(idx) == 0:
             continue
         x = torch.stack([ds[int(i)][0] for i in idx])
-        mean = cams(predictor.model, x, [label] * len(idx)).mean(axis=0)
+        mean = cams(model, x, [label] * len(idx)).mean(axis=0)
         np.save(out / f"gradcam_mean_{name}.npy", mean)
         mean_img = np.mean(
             [np.asarray(fit_square(ds_image(ds, int(i)), size, ds.fit), np.float32) for i in idx],
@@ -109,7 +125,7 @@ def explanation_figures(predictor, ds, y, s, out: Path, per_class: int = 24) -> 
         conf = np.abs(s[wrong] - thr)
         top = wrong[np.argsort(-conf)][:10]
         x = torch.stack([ds[int(i)][0] for i in top])
-        maps = cams(predictor.model, x, [int(pred[i]) for i in top])
+        maps = cams(model, x, [int(pred[i]) for i in top])
         ims = [
             overlay(ds_image(ds, int(i)), m, size, ds.fit) for i, m in zip(top, maps, strict=True)
         ]

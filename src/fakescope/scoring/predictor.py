@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.images import is_video, list_files, load_rgb
-from ..data.transforms import to_tensor
+from ..data.images import is_video, list_files, load_rgb, to_rgb
 from ..errors import BadInput, FakescopeError
-from ..model.detector import fake_logits, inference_model
-from ..model.runtime import select_runtime
 from ..runs import Run, load_run
+from .scorer import Scorer
 
 
 @dataclass
@@ -65,6 +62,9 @@ def video_score(frame_scores: list[float]) -> float:
 
 
 class Predictor:
+    """Files, folders, videos and in-memory images to rows, through the face stage and the
+    run's ``Scorer``. ``predict_image`` is the in-memory API; ``predict`` walks files."""
+
     def __init__(
         self,
         run: str | Path | Run,
@@ -77,39 +77,40 @@ class Predictor:
         progress=True,
     ):
         self.run = run if isinstance(run, Run) else load_run(run)
-        self.runtime = select_runtime(device)
-        self.model = self.runtime.prepare(self.run.model).eval()  # Grad-CAM reads this one
+        self.scorer = Scorer.of_run(self.run, device, batch_size)
+        # Grad-CAM needs the unfolded network, on the scorer's device
+        self.model = self.scorer.runtime.prepare(self.run.model).eval()
         self.batch_size, self.frames, self.progress = batch_size, frames, progress
         self.threshold = self.run.threshold if threshold is None else float(threshold)
         self.faces = faces
-        margin = face_margin or self.run.meta.get("faces", {}).get("margin", 1.3)
+        margin = face_margin or self.run.meta.face_margin
         self._cropper = None
         if faces != "never":
             from ..data.faces import FaceCropper
 
             self._cropper = FaceCropper(mode=faces, margin=margin)
 
-    # ------------------------------------------------------------------ scoring
-    @cached_property
-    def scoring_model(self) -> torch.nn.Module:
-        """``model`` with BatchNorm folded, built on first use (``evaluate`` scores through
-        ``training.score_loader``, which folds its own copy, and never needs this one)."""
-        return self.runtime.prepare(inference_model(self.model))
+    def predict_image(self, image, name: str = "<image>", explain: bool = False) -> list[Row]:
+        """One row per face (or one for the whole image) of a PIL image or an HxWx3 uint8
+        array: box, score, verdict. ``explain`` puts a Grad-CAM overlay (HxWx3 uint8 array)
+        in each row's ``extra["overlay"]``."""
+        im = to_rgb(image if isinstance(image, Image.Image) else Image.fromarray(image))
+        units = self._image_units(im, name)
+        if not units:
+            return [Row(name, error=f"{name}: no face found", kind="image")]
+        self._score(units)
+        if explain:
+            from .explain import unit_overlays
 
-    def tensors(self, images) -> torch.Tensor:
-        r = self.run
-        return torch.stack([to_tensor(im, r.input_size, r.mean, r.std, r.fit) for im in images])
+            for u, ov in zip(units, unit_overlays(self, units), strict=True):
+                u.row.extra["overlay"] = ov
+        return [u.row for u in units]
 
-    @torch.no_grad()
-    def score_images(self, images) -> np.ndarray:
-        """P(fake) for PIL images, taken as they are (no face stage)."""
-        out = []
-        for i in range(0, len(images), self.batch_size):
-            x = self.runtime.batch(self.tensors(images[i : i + self.batch_size]))
-            with self.runtime.autocast():
-                logit = fake_logits(self.scoring_model, x, self.run.tta).float()
-                out.append(torch.sigmoid(logit).squeeze(1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0)
+    def _score(self, units: list[_Unit]) -> None:
+        scores = self.scorer.score_images([u.image for u in units])
+        for u, s in zip(units, scores, strict=True):
+            u.row.score = round(float(s), 6)
+            u.row.verdict = self.verdict(float(s))
 
     def verdict(self, score: float) -> str:
         return "fake" if score >= self.threshold else "real"
@@ -174,10 +175,7 @@ class Predictor:
                     )
                 per_file.append((f, units, rows))
             all_units = [u for _, units, _ in per_file for u in units]
-            scores = self.score_images([u.image for u in all_units])
-            for u, s in zip(all_units, scores, strict=True):
-                u.row.score = round(float(s), 6)
-                u.row.verdict = self.verdict(float(s))
+            self._score(all_units)
             if explain_dir is not None and all_units:
                 from ..scoring.explain import write_overlays
 
@@ -206,8 +204,3 @@ class Predictor:
         )
         yield from rows
 
-
-def predict(run, paths, **kw) -> list[dict]:
-    """Convenience for notebooks: all rows as dicts."""
-    explain_dir = kw.pop("explain_dir", None)
-    return [r.as_dict() for r in Predictor(run, **kw).predict(paths, explain_dir=explain_dir)]

@@ -1,0 +1,121 @@
+"""What training keeps between epochs: early stopping, the position in the schedule, and the
+per-epoch log (CSV and TensorBoard in one sink). All of it survives an interruption."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOG_FIELDS = [
+    "step",
+    "epoch",
+    "frozen_stages",
+    "train_loss",
+    "val_loss",
+    "val_auc",
+    "val_acc",
+    "lr",
+    "images_per_s",
+    "seconds",
+]
+
+
+@dataclass
+class EarlyStopping:
+    """Stop a step after ``patience`` epochs without a lower validation loss."""
+
+    patience: int
+    best_loss: float = math.inf
+    bad_epochs: int = 0
+
+    def update(self, val_loss: float) -> bool:
+        """Record an epoch's validation loss; True when it is the best so far."""
+        if val_loss < self.best_loss:
+            self.best_loss, self.bad_epochs = val_loss, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+
+@dataclass
+class TrainState:
+    """Where training stands: the step (0-based), the epoch within it, the epoch count over all
+    steps, early stopping of the current step and a summary of each finished step."""
+
+    stopping: EarlyStopping
+    step: int = 0
+    epoch: int = 0
+    global_epoch: int = 0
+    summaries: list = field(default_factory=list)
+
+    def next_step(self, frozen_stages: int) -> None:
+        self.summaries.append(
+            {
+                "step": self.step + 1,
+                "frozen_stages": frozen_stages,
+                "epochs": self.epoch,
+                "best_val_loss": self.stopping.best_loss,
+            }
+        )
+        self.step, self.epoch = self.step + 1, 0
+        self.stopping = EarlyStopping(self.stopping.patience)
+
+    def to_json(self) -> dict:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "global": self.global_epoch,
+            "best_loss": self.stopping.best_loss,
+            "bad_epochs": self.stopping.bad_epochs,
+            "summaries": self.summaries,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict, patience: int) -> TrainState:
+        return cls(
+            EarlyStopping(patience, float(d["best_loss"]), int(d["bad_epochs"])),
+            int(d["step"]),
+            int(d["epoch"]),
+            int(d.get("global", 0)),
+            list(d.get("summaries", [])),
+        )
+
+
+class LogSink:
+    """One place each epoch's numbers go: ``log.csv`` and, when asked, TensorBoard. Resuming
+    keeps the rows already written; a fresh run starts a fresh log."""
+
+    def __init__(self, out: Path, tensorboard: bool, resume: bool):
+        self.path = Path(out) / "log.csv"
+        if not resume and self.path.exists():
+            self.path.unlink()
+        if not self.path.exists():
+            with open(self.path, "w", newline="") as fh:
+                csv.writer(fh).writerow(LOG_FIELDS)
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(out) / "tb"))
+
+    def write(self, row: dict, global_epoch: int) -> None:
+        with open(self.path, "a", newline="") as fh:
+            csv.writer(fh).writerow([row[k] for k in LOG_FIELDS])
+        if self.tb is not None:
+            for tag, key in (
+                ("loss/train", "train_loss"),
+                ("loss/val", "val_loss"),
+                ("val/auc", "val_auc"),
+                ("val/accuracy", "val_acc"),
+            ):
+                self.tb.add_scalar(tag, float(row[key]), global_epoch)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

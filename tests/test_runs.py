@@ -1,0 +1,105 @@
+"""The run folder's schema (runs.py) and the command line generated from TrainConfig."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import fields
+
+import pytest
+
+from fakescope.cli import build_parser
+from fakescope.config import TrainConfig
+from fakescope.errors import FakescopeError
+from fakescope.evaluation.evaluator import same_data
+from fakescope.runs import FORMAT, load_run
+
+from .conftest import SG
+
+
+def _copy_run(small_run, tmp_path, edit):
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run, ignore=shutil.ignore_patterns("eval-*", "resume", "tb"))
+    meta = json.loads((run / "fakescope.json").read_text())
+    edit(meta)
+    (run / "fakescope.json").write_text(json.dumps(meta))
+    return run
+
+
+def _as_format_1(meta: dict) -> None:
+    """The layout sessions 1-4 wrote: one data root as typed, no precision in the model."""
+    (src,) = meta["data"].pop("sources")
+    meta["data"] = {"root": "../shared/data/sg-ffhq", **{k: src[k] for k in ("sha256", "counts")}}
+    meta["model"].pop("precision")
+    meta["format"] = 1
+
+
+def test_a_run_written_before_format_2_still_loads(small_run, tmp_path, monkeypatch):
+    new = load_run(small_run)
+    old = load_run(_copy_run(small_run, tmp_path, _as_format_1))
+    assert old.meta.format == FORMAT  # migrated on load
+    assert old.spec == new.spec and old.threshold == new.threshold
+    assert old.meta.face_margin == new.meta.face_margin
+    # its relative root cannot be resolved, but the fingerprint recognises its data from any
+    # working directory
+    monkeypatch.chdir(tmp_path)
+    assert same_data(old, SG) and same_data(new, SG)
+    assert not same_data(new, SG.parent / "lfw-faceswap")
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [(FORMAT + 1, "newer fakescope"), ("2", "not a fakescope run format"), (None, "format")],
+)
+def test_a_tampered_format_is_refused_clearly(small_run, tmp_path, value, message):
+    run = _copy_run(small_run, tmp_path, lambda m: m.update(format=value))
+    with pytest.raises(FakescopeError, match=message) as e:
+        load_run(run)
+    assert str(run / "fakescope.json") in str(e.value)
+
+
+def test_broken_json_and_missing_fields_are_one_line(small_run, tmp_path):
+    run = _copy_run(small_run, tmp_path, lambda m: m["model"].pop("backbone"))
+    with pytest.raises(FakescopeError, match="missing or malformed field"):
+        load_run(run)
+    (run / "fakescope.json").write_text("{not json")
+    with pytest.raises(FakescopeError, match="not valid JSON"):
+        load_run(run)
+
+
+def test_meta_round_trips_through_json(small_run):
+    from fakescope.runs import RunMeta
+
+    meta = load_run(small_run).meta
+    again = RunMeta.from_json(meta.to_json())
+    assert again.to_json() == meta.to_json()
+
+
+def _train_args(argv):
+    return build_parser().parse_args(["train", *argv])
+
+
+def test_every_config_field_is_an_option_with_the_same_default():
+    args = vars(_train_args([]))
+    for f in fields(TrainConfig):
+        assert f.name in args, f"TrainConfig.{f.name} has no command-line option"
+        assert args[f.name] == getattr(TrainConfig(), f.name), f.name
+        assert f.metadata.get("help"), f"TrainConfig.{f.name} has no help text"
+
+
+def test_options_reach_the_config():
+    a = _train_args(
+        "--epochs 1,3 --exclude faceswap,stargan --no-hflip --tta --freeze-stages 0,2 "
+        "--jpeg-quality 70,90 --lr 3e-4 --head gap --no-tensorboard".split()
+    )
+    cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
+    assert cfg.epochs == (1, 3) and cfg.exclude == ("faceswap", "stargan")
+    assert not cfg.hflip and cfg.tta and not cfg.tensorboard and cfg.head == "gap"
+    assert cfg.freeze_stages == (0, 2) and cfg.jpeg_quality == (70, 90) and cfg.lr == 3e-4
+
+
+def test_bad_config_values_are_clear_errors():
+    with pytest.raises(FakescopeError, match="--fit must be one of"):
+        TrainConfig(fit="stretch").check()
+    with pytest.raises(FakescopeError, match="--ema"):
+        TrainConfig(ema=1.5).check()
