@@ -33,7 +33,7 @@ def same_data(run: Run, data: Path) -> bool:
     return False
 
 
-def _samples_for(run: Run, data: Path, split: str | None):
+def split_samples(run: Run, data: Path, split: str | None):
     """Samples of ``data`` for ``split``; the split comes from the data's splits.csv, else from
     the run's own split.csv when the run was trained on this very folder."""
     have_csv = (data / "splits.csv").exists()
@@ -94,7 +94,7 @@ def evaluate(
     Returns the metrics dict."""
     run = run if isinstance(run, Run) else load_run(run)
     data = Path(data)
-    samples, split = _samples_for(run, data, split)
+    samples, split = split_samples(run, data, split)
     if not samples or len({s.label for s in samples}) < 2:
         raise FakescopeError(f"{data}: split {split!r} needs images of both classes")
     out = Path(out) if out else run.path / f"eval-{data.name}-{split}"

@@ -1,0 +1,1 @@
+"""The subcommands of `fakescope`, one module per group; each exposes ``add(subparsers)``."""

@@ -1,0 +1,81 @@
+"""`fakescope bench` and `fakescope faces extract`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..config import DEFAULT_FACE_MARGIN
+
+
+def _add_bench(sub):
+    p = sub.add_parser(
+        "bench",
+        help="training and inference speed against the fp32 eager baseline",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--input-size", type=int, default=299)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--iters", type=int, default=3, help="timed batches per measurement")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(a) -> int:
+    from ..bench import run_bench
+
+    run_bench(a.backbone, a.input_size, a.batch_size, a.iters, a.device)
+    return 0
+
+
+def _add_faces(sub):
+    p = sub.add_parser("faces", help="face tools: extract crops for training")
+    fsub = p.add_subparsers(dest="faces_command", required=True, metavar="SUBCOMMAND")
+    e = fsub.add_parser(
+        "extract",
+        help="turn photos/videos into a real/ fake/ folder of face crops",
+        description="Detect every face (MTCNN) in the images and sampled video frames under SRC "
+        "and save square crops into DST/real or DST/fake[/GENERATOR], with DST/manifest.csv "
+        "saying where each crop came from (file, frame, box). The label is read from a real/ or "
+        "fake/ folder under SRC, or given with --label.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    e.add_argument("src")
+    e.add_argument("dst")
+    e.add_argument("--label", choices=["real", "fake"], default=None)
+    e.add_argument("--generator", default=None, help="put fakes under fake/GENERATOR/")
+    e.add_argument(
+        "--margin", type=float, default=DEFAULT_FACE_MARGIN, help="crop side / face box side"
+    )
+    e.add_argument("--align", action="store_true", help="rotate so the eyes are level")
+    e.add_argument("--frames", type=int, default=16, help="frames sampled per video")
+    e.add_argument("--max-faces", type=int, default=10, help="per image or frame")
+    e.set_defaults(func=cmd_faces_extract)
+
+
+def cmd_faces_extract(a) -> int:
+    from ..data.extract import extract_faces
+
+    r = extract_faces(
+        a.src,
+        a.dst,
+        label=a.label,
+        generator=a.generator,
+        margin=a.margin,
+        align=a.align,
+        frames=a.frames,
+        max_faces=a.max_faces,
+    )
+    for err in r["errors"]:
+        print(f"  {err}", file=sys.stderr)
+    print(
+        f"{r['files']} file(s): {r['crops']} face crop(s) written, {r['no_face']} without a "
+        f"face, {r['failed']} failed; manifest {r['manifest']}"
+    )
+    return 1 if r["failed"] else 0
+
+
+def add(sub) -> None:
+    _add_faces(sub)
+    _add_bench(sub)

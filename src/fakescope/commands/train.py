@@ -1,0 +1,170 @@
+"""`fakescope train` and `fakescope evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import TrainConfig
+
+DEFAULT_DATA = TrainConfig.data
+
+
+def _csv_list(s: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+def _epochs(s: str) -> int | tuple[int, ...]:
+    v = _int_list(s)
+    return v[0] if len(v) == 1 else v
+
+
+def _int_list(s: str) -> tuple[int, ...]:
+    try:
+        v = tuple(int(x) for x in _csv_list(s))
+    except ValueError:
+        v = ()
+    if not v:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected comma-separated whole numbers, e.g. 1,3")
+    return v
+
+
+def _config_type(f):
+    """The argparse type of a TrainConfig field, from its default."""
+    if f.name == "epochs":
+        return _epochs
+    d = f.default
+    if isinstance(d, tuple):
+        return _csv_list if f.name == "exclude" else _int_list
+    return type(d)
+
+
+def add_config_options(p, config_cls) -> None:
+    """One option per field of a config dataclass, with the field's default and help text."""
+    from dataclasses import fields
+
+    for f in fields(config_cls):
+        meta = dict(f.metadata)
+        help_text = meta.pop("help", None)
+        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        if isinstance(f.default, bool):
+            action = "store_false" if f.default else "store_true"
+            p.add_argument(flag, dest=f.name, action=action, help=help_text)
+            continue
+        p.add_argument(
+            flag, dest=f.name, type=_config_type(f), default=f.default, help=help_text, **meta
+        )
+
+
+def _add_train(sub):
+    p = sub.add_parser(
+        "train",
+        help="train a detector (and evaluate it on the test split)",
+        description="Fine-tune an ImageNet CNN to tell real from fake faces, as in Kroiss & "
+        "Reschke (arXiv 2503.11389): Flatten head with one sigmoid unit, Adam, BCE, up to three "
+        "steps of progressive freezing. Writes a run folder (weights in safetensors, "
+        "fakescope.json, logs, split) and, when the data has a test split, evaluates on it. "
+        "Runs under torchrun as well (one model trained by all its processes).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_config_options(p, TrainConfig)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(a) -> int:
+    from ..training.distributed import Ranks
+    from ..training.loop import train
+
+    keys = TrainConfig.__dataclass_fields__
+    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in keys})
+    run = train(cfg, resume=a.resume)
+    if a.no_eval or not Ranks.from_env().lead:  # under torchrun only one process evaluates
+        return 0
+    from ..data.folders import load_samples
+
+    samples, _ = load_samples(cfg.data, seed=cfg.seed, exclude=cfg.exclude)
+    if any(s.split == "test" for s in samples):
+        return _evaluate_and_print(run, cfg.data, "test", None, cfg.batch_size, cfg.device, 24)
+    return 0
+
+
+def _evaluate_and_print(
+    run, data, split, out, batch_size, device, explain=0, faces=None, reencode=None
+) -> int:
+    from ..evaluation.evaluator import evaluate, headline
+
+    m = evaluate(
+        run,
+        data,
+        split=split,
+        out=out,
+        batch_size=batch_size,
+        device=device,
+        explain=explain,
+        faces=faces,
+        reencode=reencode,
+    )
+    out = Path(out) if out else Path(run) / f"eval-{Path(data).name}-{m['split']}"
+    print(headline(m))
+    k = m["kde"]
+    if "main_intersection" in k:
+        print(
+            f"  KDE intersection {k['main_intersection']:.4f} vs ROC threshold "
+            f"{m['threshold']:.4f} ({k['distance_to_roc_threshold']:+.4f})"
+        )
+    print(f"  report: {out / 'report.html'}   metrics: {out / 'metrics.json'}")
+    return 0
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics, plots and an HTML report for a run on a data set",
+        description="Score a data set with a trained run at its stored threshold (chosen on the "
+        "validation split during training) and write metrics.json, PNG plots and report.html.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run", help="run folder made by `fakescope train`")
+    p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument(
+        "--split",
+        choices=["test", "val", "all"],
+        default=None,
+        help="default: test when the data has splits.csv (or is the run's own data), else all",
+    )
+    p.add_argument("--out", default=None, help="default: RUN/eval-<data>-<split>")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--explain",
+        type=int,
+        default=24,
+        metavar="N",
+        help="Grad-CAM section: mean map over N correct faces per class and the ten most "
+        "confident mistakes (0 turns it off)",
+    )
+    p.add_argument(
+        "--faces",
+        default=None,
+        choices=["auto", "always", "never"],
+        help="face stage before scoring (default: as the run was trained)",
+    )
+    p.add_argument(
+        "--reencode",
+        type=int,
+        default=None,
+        metavar="Q",
+        help="re-save every image as JPEG quality Q first (a compression-shortcut test)",
+    )
+    p.set_defaults(
+        func=lambda a: _evaluate_and_print(
+            a.run, a.data, a.split, a.out, a.batch_size, a.device, a.explain, a.faces, a.reencode
+        )
+    )
+
+
+def add(sub) -> None:
+    _add_train(sub)
+    _add_evaluate(sub)
