@@ -9,6 +9,7 @@ from dataclasses import fields
 import pytest
 
 from fakescope.cli import build_parser
+from fakescope.commands.train import config_from_args
 from fakescope.config import TrainConfig
 from fakescope.errors import FakescopeError
 from fakescope.evaluation.evaluator import same_data
@@ -80,22 +81,24 @@ def _train_args(argv):
 
 
 def test_every_config_field_is_an_option_with_the_same_default():
-    args = vars(_train_args([]))
+    args = _train_args([])
+    assert config_from_args(args) == TrainConfig()
     for f in fields(TrainConfig):
-        assert f.name in args, f"TrainConfig.{f.name} has no command-line option"
-        assert args[f.name] == getattr(TrainConfig(), f.name), f.name
+        assert f.name in vars(args), f"TrainConfig.{f.name} has no command-line option"
         assert f.metadata.get("help"), f"TrainConfig.{f.name} has no help text"
 
 
 def test_options_reach_the_config():
     a = _train_args(
         "--epochs 1,3 --exclude faceswap,stargan --no-hflip --tta --freeze-stages 0,2 "
-        "--jpeg-quality 70,90 --lr 3e-4 --head gap --no-tensorboard".split()
+        "--jpeg-quality 70,90 --lr 3e-4 --head gap --no-tensorboard --data A --data B "
+        "--sbi 0.5 --real-only --time-budget 12".split()
     )
-    cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
+    cfg = config_from_args(a)
     assert cfg.epochs == (1, 3) and cfg.exclude == ("faceswap", "stargan")
     assert not cfg.hflip and cfg.tta and not cfg.tensorboard and cfg.head == "gap"
     assert cfg.freeze_stages == (0, 2) and cfg.jpeg_quality == (70, 90) and cfg.lr == 3e-4
+    assert cfg.data == ("A", "B") and cfg.sbi == 0.5 and cfg.real_only and cfg.time_budget == 12
 
 
 def test_bad_config_values_are_clear_errors():

@@ -23,9 +23,11 @@ def opt(default, help: str, **cli):
 
 @dataclass
 class TrainConfig:
-    data: str = opt(
-        "../shared/data/sg-ffhq",
-        "folder with real/ and fake/ (fake/<generator>/ for DFFD); splits.csv used when present",
+    data: tuple[str, ...] = opt(
+        ("../shared/data/sg-ffhq",),
+        "folder with real/ and fake/ (fake/<generator>/ for DFFD); splits.csv used when present. "
+        "Repeat to train on several sources at once (each epoch draws alike from each)",
+        repeat=True,
     )
     out: str = opt("runs/latest", "run folder to create")
     backbone: str = opt(
@@ -94,6 +96,29 @@ class TrainConfig:
         (0, 3, 4), "backbone stages (of stem,stage1..stage4) frozen in steps 1,2,3"
     )
     exclude: tuple[str, ...] = opt((), "generators to drop, e.g. faceswap,stargan (the paper's)")
+    # Self-blended images (Shiohara & Yamasaki, CVPR 2022): pseudo-fakes made from real faces
+    sbi: float = opt(
+        0.0,
+        "self-blended pseudo-fakes per real training image and epoch (e.g. 1): a real face "
+        "blended with an altered copy of itself inside a landmark mask. 0 = off",
+    )
+    real_only: bool = opt(
+        False,
+        "train and validate without any fake image of the data: the fakes are the self-blended "
+        "ones (needs --sbi)",
+    )
+    landmarks: str = opt(
+        "auto",
+        "landmarks for the SBI masks: dlib68 (not for commercial use), mtcnn5, or auto (dlib "
+        "when installed); computed once per image and cached in $FAKESCOPE_CACHE",
+        choices=("auto", "dlib68", "mtcnn5"),
+    )
+    time_budget: float = opt(
+        0.0,
+        "minutes of training: the epochs (and the cosine, stretched by --lr-epochs/--epochs "
+        "when both are given) are sized from the measured speed so training ends inside the "
+        "budget; a faster machine trains longer. 0 = off (--epochs decides)",
+    )
     seed: int = opt(0, "seed of the split (when made), the order, the augmentations and init")
     # Forensic augmentations, applied to both classes alike
     hflip: bool = opt(True, "no random horizontal flips", flag="--no-hflip")
@@ -133,6 +158,11 @@ class TrainConfig:
     limit_per_class: int = opt(0, "use at most N images per class and split (smoke runs)")
     tensorboard: bool = opt(True, "no TensorBoard log", flag="--no-tensorboard")
 
+    def __post_init__(self):
+        if isinstance(self.data, str | bytes) or hasattr(self.data, "__fspath__"):
+            self.data = (str(self.data),)  # one folder, as the API and old runs give it
+        self.data = tuple(str(d) for d in self.data)
+
     def epochs_of(self, step: int) -> int:
         """Max epochs of step ``step`` (0-based)."""
         return self.epochs if isinstance(self.epochs, int) else self.epochs[step]
@@ -158,6 +188,14 @@ class TrainConfig:
                 raise FakescopeError(f"{flag} must be one of {', '.join(choices)}")
         if self.lr_epochs < 0:
             raise FakescopeError("--lr-epochs must be 0 (the step's epochs) or more")
+        if not self.data:
+            raise FakescopeError("--data: name at least one data folder")
+        if self.sbi < 0:
+            raise FakescopeError("--sbi must be 0 (off) or more, e.g. 1")
+        if self.real_only and not self.sbi:
+            raise FakescopeError("--real-only needs --sbi: without fakes there is nothing to learn")
+        if self.time_budget < 0 or (self.time_budget and self.steps != 1):
+            raise FakescopeError("--time-budget sizes one training step: use it with --steps 1")
         if self.ema and not 0 < self.ema < 1:
             raise FakescopeError("--ema must be between 0 and 1 (e.g. 0.99), or 0 for off")
 
@@ -168,7 +206,7 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
-        for k in ("freeze_stages", "exclude", "jpeg_quality", "epochs"):
+        for k in ("freeze_stages", "exclude", "jpeg_quality", "epochs", "data"):
             if isinstance(kw.get(k), list):
                 kw[k] = tuple(kw[k])
         return cls(**kw)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 
-DEFAULT_DATA = TrainConfig.data
+DEFAULT_DATA = TrainConfig().data[0]
 
 
 def _csv_list(s: str) -> tuple[str, ...]:
@@ -47,6 +47,9 @@ def add_config_options(p, config_cls) -> None:
         meta = dict(f.metadata)
         help_text = meta.pop("help", None)
         flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        if meta.pop("repeat", False):  # --data A --data B
+            p.add_argument(flag, dest=f.name, action="append", type=str, help=help_text)
+            continue
         if isinstance(f.default, bool):
             action = "store_false" if f.default else "store_true"
             p.add_argument(flag, dest=f.name, action=action, help=help_text)
@@ -54,6 +57,20 @@ def add_config_options(p, config_cls) -> None:
         p.add_argument(
             flag, dest=f.name, type=_config_type(f), default=f.default, help=help_text, **meta
         )
+
+
+def config_from_args(a, config_cls=TrainConfig):
+    """The config the parsed options describe (a repeatable option left out keeps its
+    default)."""
+    from dataclasses import fields
+
+    kw = {}
+    for f in fields(config_cls):
+        v = getattr(a, f.name)
+        if f.metadata.get("repeat"):
+            v = tuple(v) if v else f.default
+        kw[f.name] = v
+    return config_cls(**kw)
 
 
 def _add_train(sub):
@@ -74,19 +91,18 @@ def _add_train(sub):
 
 
 def cmd_train(a) -> int:
+    from ..data.folders import load_samples
     from ..training.distributed import Ranks
     from ..training.loop import train
 
-    keys = TrainConfig.__dataclass_fields__
-    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in keys})
+    cfg = config_from_args(a)
     run = train(cfg, resume=a.resume)
     if a.no_eval or not Ranks.from_env().lead:  # under torchrun only one process evaluates
         return 0
-    from ..data.folders import load_samples
-
-    samples, _ = load_samples(cfg.data, seed=cfg.seed, exclude=cfg.exclude)
-    if any(s.split == "test" for s in samples):
-        return _evaluate_and_print(run, cfg.data, "test", None, cfg.batch_size, cfg.device, 24)
+    for data in cfg.data:  # each source that has a test split
+        samples, _ = load_samples(data, seed=cfg.seed, exclude=cfg.exclude)
+        if any(s.split == "test" for s in samples):
+            _evaluate_and_print(run, data, "test", None, cfg.batch_size, cfg.device, 24)
     return 0
 
 

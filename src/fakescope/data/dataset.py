@@ -7,13 +7,16 @@ from pathlib import Path
 
 import torch
 
-from ..data.images import load_rgb
+from .images import load_rgb
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Augment, to_tensor
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Samples of one data set as (tensor, label, index). ``prepare`` maps a loaded image to the
-    image the model sees (the face stage plugs in here, so training and serving crop alike)."""
+    """Samples as (tensor, label, index). ``root`` is the data folder, or one folder per sample
+    when samples come from several sources. ``prepare`` maps a loaded image to the image the
+    model sees (the face stage plugs in here, so training and serving crop alike). Samples
+    whose ``blend`` flag is set are turned into pseudo-fakes by ``blender(image, path, rng)``
+    (self-blended images; ``sources.SelfBlender``) and labelled fake."""
 
     def __init__(
         self,
@@ -26,25 +29,43 @@ class ImageDataset(torch.utils.data.Dataset):
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         fit="resize",
+        blend=None,
+        blender=None,
     ):
         self.fit = fit
-        self.root, self.samples, self.size = Path(root), list(samples), size
+        self.samples, self.size = list(samples), size
+        if isinstance(root, str | Path):
+            self.root, self.roots = Path(root), None
+        else:
+            self.roots = [Path(r) for r in root]
+            self.root = self.roots[0] if self.roots else Path(".")
         self.augment, self.seed, self.prepare = augment, seed, prepare
+        self.blend = list(blend) if blend is not None else None
+        self.blender = blender
         self.mean, self.std = mean, std
         self.epoch = 0
 
     def __len__(self):
         return len(self.samples)
 
+    def path_of(self, i: int) -> Path:
+        return (self.roots[i] if self.roots else self.root) / self.samples[i].path
+
+    def label_of(self, i: int) -> int:
+        return 1 if self.blend and self.blend[i] else self.samples[i].label
+
     def __getitem__(self, i):
-        s = self.samples[i]
-        im = load_rgb(self.root / s.path)
+        path = self.path_of(i)
+        im = load_rgb(path)
+        # seeded per (seed, epoch, index): reproducible with any number of workers
+        rng = random.Random(hash((self.seed, self.epoch, i)))
+        if self.blend and self.blend[i]:
+            im = self.blender(im, path, rng)
         if self.prepare is not None:
-            im = self.prepare(im, self.root / s.path)
+            im = self.prepare(im, path)
         if self.augment is not None:
-            # seeded per (seed, epoch, index): reproducible with any number of workers
-            im = self.augment(im, random.Random(hash((self.seed, self.epoch, i))))
-        return to_tensor(im, self.size, self.mean, self.std, self.fit), s.label, i
+            im = self.augment(im, rng)
+        return to_tensor(im, self.size, self.mean, self.std, self.fit), self.label_of(i), i
 
 
 def make_loader(dataset, batch_size, shuffle=False, workers=0, seed=0, sampler=None):

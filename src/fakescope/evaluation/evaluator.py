@@ -57,6 +57,14 @@ def split_samples(run: Run, data: Path, split: str | None):
     return chosen, split
 
 
+def scoring_dataset(run: Run, data, samples, augment=None, prepare=None) -> ImageDataset:
+    """The images of ``samples`` as the run's model sees them (its size, fit, normalisation)."""
+    return ImageDataset(
+        data, samples, run.input_size, augment, prepare=prepare, mean=run.mean, std=run.std,
+        fit=run.fit,
+    )  # fmt: skip
+
+
 def per_source(samples, y, s, threshold) -> dict:
     """Each generator's fakes against all reals: does the detector catch every generator?"""
     sources = sorted({x.source for x in samples if x.label == 1})
@@ -110,16 +118,7 @@ def evaluate(
     recode = (
         Augment(hflip=False, jpeg_prob=1.0, jpeg_quality=(reencode,) * 2) if reencode else None
     )
-    ds = ImageDataset(
-        data,
-        samples,
-        run.input_size,
-        recode,
-        prepare=prepare,
-        mean=run.mean,
-        std=run.std,
-        fit=run.fit,
-    )
+    ds = scoring_dataset(run, data, samples, recode, prepare)
     s, y, loss = scorer.score_loader(make_loader(ds, batch_size), f"scoring {split}", progress)
     thr, stored = run.threshold, run.meta.thresholds
     result = M.summarize(y, s, thr)

@@ -132,3 +132,55 @@ def heatmap_grid(images: list, titles: list[str], path: Path, cols: int = 5) -> 
         ax.imshow(im)
         ax.set_title(t, fontsize=8)
     return _save(fig, path)
+
+
+def cross_matrix(runs: list[str], data: list[str], auc, f1, path: Path) -> Path:
+    """Heatmaps of cross-set AUC and F1 (rows = runs, columns = data sets), values written in."""
+    auc, f1 = np.asarray(auc, float), np.asarray(f1, float)
+    w = 1.6 + 1.1 * len(data)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * w + 1.5, 2.2 + 0.5 * len(runs)), squeeze=False)
+    for ax, m, title in zip(axes[0], (auc, f1), ("AUC", "F1 at stored threshold"), strict=True):
+        # a fixed 0..1 scale so that colours compare across panels and across matrices
+        im = ax.imshow(np.ma.masked_invalid(m), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+        for (i, j), v in np.ndenumerate(m):
+            text = "n/a" if np.isnan(v) else f"{v:.3f}"
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="black" if np.isnan(v) or 0.25 < v < 0.85 else "white",
+            )
+        ax.set_xticks(range(len(data)), data, rotation=30, ha="right")
+        ax.set_yticks(range(len(runs)), runs)
+        ax.set(xlabel="data set", title=title)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    axes[0][0].set_ylabel("run")
+    return _save(fig, path)
+
+
+def robustness(curves: dict, clean: dict, path: Path) -> Path:
+    """One small panel per perturbation: AUC and F1 (stored threshold) against its level, the
+    x axis running from clean (left) to most severe (right), with the unperturbed scores as
+    dotted lines. ``curves``: name -> {unit, levels, auc, f1}; ``clean``: {auc, f1}."""
+    n = len(curves)
+    cols = min(n, 3)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    for ax, (name, c) in zip(axes.ravel(), curves.items(), strict=False):
+        x = np.asarray(c["levels"], float)
+        ax.plot(x, c["auc"], marker="o", label="AUC", color="tab:blue")
+        ax.plot(x, c["f1"], marker="s", label="F1", color="tab:orange")
+        ax.axhline(clean["auc"], color="tab:blue", ls=":", lw=1)
+        ax.axhline(clean["f1"], color="tab:orange", ls=":", lw=1)
+        ax.set_xticks(x, [f"{v:g}" for v in x])
+        if len(x) > 1 and x[-1] < x[0]:
+            ax.invert_xaxis()  # JPEG quality and downscale factor fall as severity grows
+        ax.set(xlabel=c["unit"], title=name, ylim=(-0.02, 1.02))
+    axes[0][0].set_ylabel("AUC, F1")
+    axes[0][0].legend(loc="lower left", fontsize=8)
+    return _save(fig, path)

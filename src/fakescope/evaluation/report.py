@@ -132,3 +132,76 @@ def write_report(path: Path, run, m: dict, figures: dict) -> Path:
     )
     Path(path).write_text(doc)
     return Path(path)
+
+
+def _page(title: str, parts: list[str]) -> str:
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+    )
+
+
+def write_matrix_report(path: Path, result: dict, tables: dict, generators: list, png) -> Path:
+    """The cross-set report: AUC/AP/F1 tables (runs x data sets), the heatmap, per-generator
+    tables. ``tables``: {title: (header, rows)}; ``generators``: [(caption, header, rows)]."""
+    splits = sorted({c["split"] for c in result["cells"]})
+    thr = ", ".join(f"{r['name']} {r['threshold']:.4f}" for r in result["runs"])
+    parts = [
+        "<h1>fakescope cross-set evaluation</h1>",
+        "<h2>Cross-set matrix</h2>",
+        f"<p>Split used: {html.escape(', '.join(splits))} (requested "
+        f"{html.escape(result['split'])}). Every run at its stored threshold, chosen on its own "
+        f"validation split ({html.escape(thr)}); nothing is tuned on the scored data. "
+        "<code>*</code> marks a run's own data (in-domain).</p>",
+    ]
+    if result.get("limit_per_class"):
+        parts.append(f"<p>At most {result['limit_per_class']} images per class per cell.</p>")
+    for title, (header, rows) in tables.items():
+        parts += [
+            f"<h3>{html.escape(title)}</h3>",
+            '<div class="head">',
+            _table(header, rows),
+            "</div>",
+        ]
+    parts.append(
+        f"<figure>{_img(png)}<figcaption>AUC and F1 per run and data set</figcaption></figure>"
+    )
+    if generators:
+        parts.append("<h2>Per generator</h2>")
+        for caption, header, rows in generators:
+            parts += [f"<h3>{html.escape(caption)}</h3>", _table(header, rows)]
+    cells = [
+        [c["run"], c["data"], c["split"], c["n_real"], c["n_fake"], c["precision"], c["recall"]]
+        for c in result["cells"]
+    ]
+    parts += [
+        "<h2>Cells</h2>",
+        _table(["run", "data", "split", "real", "fake", "precision", "recall"], cells),
+        "<h2>Runs and data sets</h2>",
+        _table(["run", "folder"], [[r["name"], r["path"]] for r in result["runs"]]),
+        _table(["data set", "folder"], [[d["name"], d["path"]] for d in result["datasets"]]),
+    ]
+    Path(path).write_text(_page("fakescope cross-set matrix", parts))
+    return Path(path)
+
+
+def write_robustness_report(path: Path, result: dict, rows: list[list], png) -> Path:
+    """The robustness report: one row per (perturbation, level) and the curves figure."""
+    parts = [
+        f"<h1>fakescope robustness: {html.escape(result['run_name'])} on "
+        f"{html.escape(result['data'])} ({html.escape(result['split'])} split)</h1>",
+        "<h2>Robustness</h2>",
+        f"<p>{result['n_real']} real and {result['n_fake']} fake images, every one perturbed "
+        f"at each level (deterministically, seeded per image); scored at the stored threshold "
+        f"{result['threshold']:.4f}. The 'clean' row is the unperturbed split. "
+        "Perturbations act on the image the network sees (after the face stage, if any). "
+        "Mean |shift|: mean absolute change of the score against the clean one.</p>",
+        f"<figure>{_img(png)}<figcaption>AUC and F1 against perturbation strength (dotted: "
+        "clean)</figcaption></figure>",
+        '<div class="head">',
+        _table(["perturbation", "level", "unit", "AUC", "F1", "accuracy", "mean |shift|"], rows),
+        "</div>",
+        f"<p>Run <code>{html.escape(result['run'])}</code>.</p>",
+    ]
+    Path(path).write_text(_page("fakescope robustness", parts))
+    return Path(path)

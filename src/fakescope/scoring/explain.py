@@ -154,5 +154,5 @@ def ds_image(ds, i: int) -> Image.Image:
     """The image the model saw for sample i of an ImageDataset (after the face stage)."""
     from ..data.images import load_rgb
 
-    im = load_rgb(ds.root / ds.samples[i].path)
-    return ds.prepare(im, ds.root / ds.samples[i].path) if ds.prepare else im
+    im = load_rgb(ds.path_of(i))
+    return ds.prepare(im, ds.path_of(i)) if ds.prepare else im

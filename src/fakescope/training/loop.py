@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import DEFAULT_FACE_MARGIN, TrainConfig
+from ..config import TrainConfig
 from ..data.dataset import ImageDataset, make_loader
-from ..data.folders import fingerprint, load_samples, write_splits
+from ..data.sources import SBI_SOURCE, BalancedSampler, load_sources, make_split, write_split_file
 from ..data.transforms import Augment
 from ..errors import FakescopeError
 from ..evaluation import metrics as M
@@ -31,18 +31,16 @@ from ..model.detector import Detector
 from ..model.runtime import Runtime, select_runtime
 from ..runs import (
     META,
-    WEIGHTS,
     ModelSpec,
     load_resume,
-    new_meta,
     read_resume_state,
     save_resume,
     save_weights,
-    write_meta,
 )
 from ..scoring.scorer import Scorer, TorchBackend
 from .distributed import Ranks, spawn
-from .state import EarlyStopping, LogSink, TrainState
+from .finish import finish_run
+from .state import EarlyStopping, LogSink, TimeBudget, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +51,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _limit(samples, n):
-    if not n:
-        return samples
-    kept, seen = [], {}
-    for s in samples:
-        k = (s.split, s.label)
-        if seen.get(k, 0) < n:
-            kept.append(s)
-            seen[k] = seen.get(k, 0) + 1
-    return kept
-
-
 def n_batches_per_epoch(n_images: int, cfg: TrainConfig, world: int) -> int:
     """Optimiser steps per epoch: each of ``world`` processes takes its share of the images in
     batches of its share of ``batch_size``."""
@@ -73,15 +59,19 @@ def n_batches_per_epoch(n_images: int, cfg: TrainConfig, world: int) -> int:
     return min(n, cfg.max_train_batches) if cfg.max_train_batches else n
 
 
-def _scheduler(cfg: TrainConfig, opt, batches_per_epoch: int, epochs: int):
+def _scheduler(cfg: TrainConfig, opt, batches_per_epoch: int, epochs: int, budget=None):
     """``constant`` is the paper's; ``cosine`` decays to zero over the step's ``epochs`` (or
-    ``cfg.lr_epochs``), which helps when a CPU affords only a few epochs."""
+    ``cfg.lr_epochs``), which helps when a CPU affords only a few epochs. Under a time budget
+    the cosine's length is the budget's plan, read at every step."""
     if cfg.lr_schedule == "constant":
         return None
-    total = max(1, (cfg.lr_epochs or epochs) * batches_per_epoch)
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total))
-    )
+    fixed = max(1, (cfg.lr_epochs or epochs) * batches_per_epoch)
+
+    def factor(i):
+        total = budget.lr_steps if budget is not None else fixed
+        return 0.5 * (1 + math.cos(math.pi * min(i, total) / total))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _weight_average(cfg: TrainConfig, model):
@@ -93,36 +83,6 @@ def _weight_average(cfg: TrainConfig, model):
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
 
 
-def _face_framing(cfg: TrainConfig, train_ds, n: int = 32) -> dict:
-    """The face-crop margin prediction should use. Training on whole images (faces "never"),
-    it is measured on training images, so crops cut from group photos look like what the
-    model learnt from; training through the face stage, it is the margin that stage used."""
-    if cfg.face_margin > 0 or cfg.faces != "never":
-        margin = cfg.face_margin if cfg.face_margin > 0 else DEFAULT_FACE_MARGIN
-        return {"mode": cfg.faces, "margin": margin, "margin_source": "configured"}
-    from ..data.faces import framing_margin
-    from ..data.images import load_rgb
-
-    step = max(1, len(train_ds.samples) // n)
-    picked = train_ds.samples[::step][:n]
-    try:
-        m = framing_margin([load_rgb(train_ds.root / s.path) for s in picked])
-    except ImportError as e:  # facenet-pytorch missing: prediction without faces still works
-        log.warning("face detector unavailable (%s); face margin left at the default", e)
-        m = None
-    if m is None:
-        return {
-            "mode": "never",
-            "margin": DEFAULT_FACE_MARGIN,
-            "margin_source": "default (no face found)",
-        }
-    return {
-        "mode": "never",
-        "margin": round(m, 3),
-        "margin_source": f"median framing of {len(picked)} training images",
-    }
-
-
 def _prepare_fn(cfg: TrainConfig):
     if cfg.faces == "never":
         return None
@@ -131,20 +91,23 @@ def _prepare_fn(cfg: TrainConfig):
     return FaceCropper(mode=cfg.faces, margin=cfg.face_margin).training_crop
 
 
-def _samples(cfg: TrainConfig, resume: bool):
-    """The run's samples and where their split came from, after every check that can fail
-    before training starts (so a bad call leaves no half-made run folder)."""
+def _sources(cfg: TrainConfig, resume: bool):
+    """The run's data sources, after every check that can fail before training starts (so a
+    bad call leaves no half-made run folder)."""
     out = Path(cfg.out)
     if (out / META).exists() and not resume:
         raise FakescopeError(f"{out}: a finished run is already there; pick another --out")
-    samples, origin = load_samples(cfg.data, seed=cfg.seed, exclude=cfg.exclude)
-    samples = _limit(samples, cfg.limit_per_class)
-    val_s = [s for s in samples if s.split == "val"]
-    if not any(s.split == "train" for s in samples) or len({s.label for s in val_s}) < 2:
-        raise FakescopeError(f"{cfg.data}: need train and val images of both classes")
+    sources = load_sources(cfg.data, cfg.seed, cfg.exclude, cfg.limit_per_class)
+    for src in sources:
+        for split in ("train", "val"):
+            have = {s.label for s in src.samples if s.split == split}
+            need = {0} if cfg.real_only else {0, 1}
+            if not need <= have:
+                missing = " and ".join(("real", "fake")[k] for k in sorted(need - have))
+                raise FakescopeError(f"{src.root}: no {missing} images in the {split} split")
     if resume and read_resume_state(out / "resume") is None:
         raise FakescopeError(f"{out}: nothing to resume (no {out / 'resume'}/state.json)")
-    return samples, origin
+    return sources
 
 
 def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path:
@@ -152,7 +115,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
     calls this and they train one model together; otherwise ``cfg.procs`` > 1 spawns that many
     local processes that do the same."""
     cfg.check()
-    _samples(cfg, resume)  # fail here, before any process starts
+    _sources(cfg, resume)  # fail here, before any process starts
     if Ranks.from_env().world == 1 and cfg.procs > 1:
         spawn(_process, cfg.procs, (cfg, progress, resume))
     else:
@@ -187,6 +150,8 @@ class Epoch:
     smooth: float
     world: int
     n_batches: int
+    # called once with the seconds per batch, measured over batches 3-12 of the first epoch
+    probe: object | None = None
 
     def run(self, loader, desc: str, progress: bool) -> tuple[float, int]:
         """One pass over this process's loader; returns (summed BCE loss, images seen)."""
@@ -211,6 +176,12 @@ class Epoch:
                 self.sched.step()
             seen += len(y)
             loss_sum += loss.item() * len(y)
+            if self.probe is not None and b in (2, 12):  # two warm-up batches are not timed
+                if b == 2:
+                    t_probe = time.time()
+                else:
+                    self.probe((time.time() - t_probe) / 10)
+                    self.probe = None
             ips = self.world * seen / max(time.time() - t0, 1e-9)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{ips:.1f}")
             bar.update(1)
@@ -218,22 +189,14 @@ class Epoch:
         return loss_sum, seen
 
 
-def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> None:
-    """The training loop of one process; the lead process writes the run folder."""
-    out, lead = Path(cfg.out), ranks.lead
-    samples, origin = _samples(cfg, resume)
-    if lead:
-        out.mkdir(parents=True, exist_ok=True)
-        write_splits(samples, out / "split.csv")
-    seed_everything(cfg.seed)
-    train_s = [s for s in samples if s.split == "train"]
-    val_s = [s for s in samples if s.split == "val"]
-    spec = ModelSpec.of_config(cfg)
+def _datasets(cfg: TrainConfig, sources, ranks: Ranks, progress: bool):
+    """Training and validation sets (this process's share of validation), and the sampler
+    that balances several sources."""
+    blender = None
+    if cfg.sbi:
+        from ..data.sources import SelfBlender
 
-    model = Detector(cfg.backbone, cfg.head, cfg.input_size, cfg.weights)
-    model.freeze_bn = cfg.freeze_bn
-    model = runtime.prepare(model)
-    prepare = _prepare_fn(cfg)
+        blender = SelfBlender(sources, cfg.landmarks, progress)
     aug = Augment(
         cfg.hflip,
         cfg.jpeg_prob,
@@ -242,17 +205,50 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
         cfg.resize_prob,
         cfg.crop_scale,
     )
-    train_ds = ImageDataset(cfg.data, train_s, cfg.input_size, aug, cfg.seed, prepare, fit=cfg.fit)
-    # each process scores its share of the validation images; the scores are then pooled
-    val_ds = ImageDataset(
-        cfg.data,
-        val_s[ranks.rank :: ranks.world],
-        cfg.input_size,
-        None,
-        cfg.seed,
-        prepare,
-        fit=cfg.fit,
-    )
+    prepare = _prepare_fn(cfg)
+    tr = make_split(sources, "train", cfg.sbi, cfg.real_only, cfg.seed)
+    # validation judges the fakes the run will meet: the data's own, or (real-only) pseudo-fakes
+    va = make_split(sources, "val", cfg.sbi if cfg.real_only else 0, cfg.real_only, cfg.seed + 1)
+    mine = slice(ranks.rank, None, ranks.world)  # each process scores its share, then pooled
+    common = dict(size=cfg.input_size, seed=cfg.seed, prepare=prepare, fit=cfg.fit)
+    train_ds = ImageDataset(tr.roots, tr.samples, augment=aug, blend=tr.blend, blender=blender,
+                            **common)  # fmt: skip
+    val_ds = ImageDataset(va.roots[mine], va.samples[mine], blend=va.blend[mine],
+                          blender=blender, **common)  # fmt: skip
+    groups = [str(r) for r in tr.roots]
+    sampler = None
+    if len(sources) > 1:
+        sampler = BalancedSampler(groups, cfg.seed, ranks.rank, ranks.world)
+    return train_ds, val_ds, va.source[mine], sampler, tr, blender
+
+
+def _per_source_auc(s, y, names) -> dict:
+    """Validation AUC of each source's fakes against that source's reals (pseudo-fakes against
+    all reals)."""
+    names = np.asarray(names)
+    out = {}
+    for name in sorted(set(names[y == 1])):
+        m = (y == 0) & ((names == name) | (name == SBI_SOURCE))
+        m |= (y == 1) & (names == name)
+        if len(set(y[m])) == 2:
+            out[name] = M.threshold_free(y[m], s[m])["auc"]
+    return out
+
+
+def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> None:
+    """The training loop of one process; the lead process writes the run folder."""
+    started = time.time()
+    out, lead = Path(cfg.out), ranks.lead
+    sources = _sources(cfg, resume)
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        write_split_file(sources, out / "split.csv")
+    seed_everything(cfg.seed)
+    spec = ModelSpec.of_config(cfg)
+    model = Detector(cfg.backbone, cfg.head, cfg.input_size, cfg.weights)
+    model.freeze_bn = cfg.freeze_bn
+    model = runtime.prepare(model)
+    train_ds, val_ds, val_names, balanced, tr, blender = _datasets(cfg, sources, ranks, progress)
     val_loader = make_loader(val_ds, cfg.batch_size, workers=cfg.workers)
     # fp16 gradients underflow without loss scaling; a disabled scaler is a no-op elsewhere
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
@@ -260,10 +256,11 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
     def validate(scored, desc):
         scorer = Scorer(TorchBackend(scored, runtime), spec, cfg.batch_size)
         s, y, loss = scorer.score_loader(val_loader, desc, progress)
-        parts = ranks.gather((s, y, loss * len(y)))
+        parts = ranks.gather((s, y, loss * len(y), val_names))
         s = np.concatenate([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts])
-        return s, y, sum(p[2] for p in parts) / max(len(y), 1)
+        names = [n for p in parts for n in p[3]]
+        return s, y, sum(p[2] for p in parts) / max(len(y), 1), names
 
     resume_dir = out / "resume"
     state = TrainState(EarlyStopping(cfg.patience))
@@ -277,17 +274,23 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
         procs = f", {ranks.world} processes" if ranks.world > 1 else ""
         log.info(
             f"fakescope: training {cfg.backbone}/{cfg.head} at {cfg.input_size}px on "
-            f"{len(train_s)} train / {len(val_s)} val images ({origin}); device "
+            f"{len(train_ds)} train / {len(val_ds) * ranks.world} val images "
+            f"({', '.join(f'{k} {v}' for k, v in tr.counts().items())}); device "
             f"{runtime.describe()}{procs}; trainable parameters in the head: "
             f"{model.head_parameters():,}"
         )
-    n_batches = n_batches_per_epoch(len(train_ds), cfg, ranks.world)
+    n_images = len(balanced) * ranks.world if balanced is not None else len(train_ds)
+    n_batches = n_batches_per_epoch(n_images, cfg, ranks.world)
+    budget = None
+    if cfg.time_budget:
+        stretch = cfg.lr_epochs / cfg.epochs_of(0) if cfg.lr_epochs else 1.0
+        budget = TimeBudget(cfg.time_budget, started, stretch, n_batches)
     best_val = None
     for step in range(state.step, cfg.steps):
         model.freeze(cfg.freeze_stages[step])
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg.lr)
-        sched = _scheduler(cfg, opt, n_batches, cfg.epochs_of(step))
+        sched = _scheduler(cfg, opt, n_batches, cfg.epochs_of(step), budget)
         if resume and state.epoch > 0:
             load_resume(resume_dir, model, opt)
             for _ in range(state.epoch * n_batches * bool(sched)):
@@ -306,13 +309,24 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
             n_batches,
         )
         best_state, best_val = None, None  # the best epoch's weights and validation scores
+
         if lead:
             resume_dir.mkdir(exist_ok=True)
-        while state.epoch < cfg.epochs_of(step) and not state.stopping.stop:
+        if budget is not None and state.epoch == 0:
+            # a first plan from the first batches: validation costs about a third of a
+            # training pass per image (twice that with TTA)
+            val_share = len(val_ds) * ranks.world / max(n_images, 1) / 3 * (2 if cfg.tta else 1)
+            epoch_runner.probe = lambda spb, k=1 + val_share: budget.plan(spb * n_batches * k, 0)
+        while not state.stopping.stop and state.epoch < (
+            budget.epochs if budget is not None else cfg.epochs_of(step)
+        ):
             epoch = state.epoch
             train_ds.epoch = epoch + 100 * step
             seed = cfg.seed + epoch + 100 * step
             sampler = ranks.sampler(train_ds, True, seed)
+            if balanced is not None:
+                balanced.set_epoch(epoch + 100 * step)
+                sampler = balanced
             loader = make_loader(
                 train_ds, cfg.batch_size // ranks.world, True, cfg.workers, seed, sampler
             )
@@ -321,31 +335,36 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
                 loader, f"step {step + 1} epoch {epoch + 1}", progress
             )
             loss_sum, seen = ranks.sum(loss_sum, seen)
-            s, yv, val_loss = validate(scored, "validating")
+            s, yv, val_loss, names = validate(scored, "validating")
             auc = M.threshold_free(yv, s)["auc"]
+            by_source = _per_source_auc(s, yv, names) if len(set(names)) > 1 else {}
             acc = M.at_threshold(yv, s, 0.5)["accuracy"]
             secs = time.time() - t0
+            if budget is not None and epoch == 0:
+                # every process plans alike from the slowest one's epoch
+                budget.plan(max(ranks.gather(secs)), 1)
             improved = state.stopping.update(val_loss)
             if lead:
-                sink.write(
-                    {
-                        "step": step + 1,
-                        "epoch": epoch + 1,
-                        "frozen_stages": cfg.freeze_stages[step],
-                        "train_loss": f"{loss_sum / max(seen, 1):.5f}",
-                        "val_loss": f"{val_loss:.5f}",
-                        "val_auc": f"{auc:.5f}",
-                        "val_acc": f"{acc:.5f}",
-                        "lr": f"{opt.param_groups[0]['lr']:.3g}",
-                        "images_per_s": f"{seen / secs:.2f}",
-                        "seconds": f"{secs:.1f}",
-                    },
-                    state.global_epoch,
-                )
+                row = {
+                    "step": step + 1,
+                    "epoch": epoch + 1,
+                    "frozen_stages": cfg.freeze_stages[step],
+                    "train_loss": f"{loss_sum / max(seen, 1):.5f}",
+                    "val_loss": f"{val_loss:.5f}",
+                    "val_auc": f"{auc:.5f}",
+                    "val_acc": f"{acc:.5f}",
+                    "val_auc_by_source": " ".join(f"{k}:{v:.4f}" for k, v in by_source.items()),
+                    "lr": f"{opt.param_groups[0]['lr']:.3g}",
+                    "images_per_s": f"{seen / secs:.2f}",
+                    "seconds": f"{secs:.1f}",
+                }
+                sink.write(row, state.global_epoch)
+                plan = f" of {budget.epochs} (time budget)" if budget is not None else ""
                 log.info(
-                    f"  step {step + 1} epoch {epoch + 1}: train loss {loss_sum / max(seen, 1):.4f}"
-                    f", val loss {val_loss:.4f}, val AUC {auc:.4f}, val acc {acc:.4f}"
-                    f"{'  (best)' if improved else ''}"
+                    f"  step {step + 1} epoch {epoch + 1}{plan}: train loss "
+                    f"{loss_sum / max(seen, 1):.4f}, val loss {val_loss:.4f}, val AUC {auc:.4f}"
+                    + "".join(f" ({k} {v:.4f})" for k, v in by_source.items())
+                    + f", val acc {acc:.4f}{'  (best)' if improved else ''}"
                 )
             if improved:
                 best_state = {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
@@ -369,37 +388,11 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
     if best_val is None:  # resumed after the last step's best epoch: score its weights again
         best_val = validate(model, "calibrating")[:2]
     if lead:
-        _finish(cfg, model, best_val, train_ds, samples, origin, state, runtime, ranks)
-
-
-def _finish(cfg, model, best_val, train_ds, samples, origin, state, runtime, ranks) -> None:
-    """Calibrate on the validation split (the test split is never looked at here) and write
-    the weights and the run's description."""
-    out = Path(cfg.out)
-    s, yv = best_val
-    thr = M.ideal_thresholds(yv, s)
-    # the paper's open question, asked on the split the threshold came from
-    thr["kde_intersection"] = M.kde_analysis(yv, s).get("main_intersection")
-    model.freeze(0)
-    save_weights(model, out / WEIGHTS)
-    source = {
-        **fingerprint(cfg.data, samples),
-        "root": str(Path(cfg.data).resolve()),
-        "name": Path(cfg.data).resolve().name,
-        "split_origin": origin,
-    }
-    meta = new_meta(
-        cfg,
-        {**thr, "n_val": int(len(yv))},
-        _face_framing(cfg, train_ds),
-        [source],
-        steps=state.summaries,
-        runtime=runtime.describe() + (f", {ranks.world} processes" if ranks.world > 1 else ""),
-        model={
-            "feature_shape": list(model.feature_shape),
-            "head_parameters": model.head_parameters(),
-            "output": "one logit; sigmoid gives P(fake)",
-        },
-    )
-    write_meta(out, meta)
-    log.info(f"fakescope: run saved to {out} (threshold {thr['youden']:.4f}, Youden's J on val)")
+        extra = {}
+        if budget is not None:
+            extra["time_budget"] = {"minutes": cfg.time_budget, "epochs": budget.epochs}
+        if blender is not None:
+            extra["sbi"] = blender.describe()
+        extra["training_images"] = tr.counts()
+        finish_run(cfg, model, best_val, train_ds, sources, state.summaries, runtime,
+                   ranks.world, extra)  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ LOG_FIELDS = [
     "val_loss",
     "val_auc",
     "val_acc",
+    "val_auc_by_source",
     "lr",
     "images_per_s",
     "seconds",
@@ -106,7 +108,7 @@ class LogSink:
 
     def write(self, row: dict, global_epoch: int) -> None:
         with open(self.path, "a", newline="") as fh:
-            csv.writer(fh).writerow([row[k] for k in LOG_FIELDS])
+            csv.writer(fh).writerow([row.get(k, "") for k in LOG_FIELDS])
         if self.tb is not None:
             for tag, key in (
                 ("loss/train", "train_loss"),
@@ -119,3 +121,23 @@ class LogSink:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+class TimeBudget:
+    """Sizes a step so that training ends inside a time budget: a first plan from the speed of
+    the first batches, a second from the first whole epoch (training and validation). The
+    learning-rate schedule reads ``lr_steps``, so it follows the plan."""
+
+    def __init__(self, minutes: float, started: float, stretch: float, batches_per_epoch: int):
+        self.seconds, self.started, self.stretch = minutes * 60, started, stretch
+        self.batches_per_epoch = batches_per_epoch
+        self.epochs = 1
+        self.lr_steps = batches_per_epoch
+
+    def plan(self, epoch_seconds: float, epochs_done: int, into_epoch: float = 0.0) -> int:
+        """Epochs that fit: those done, plus as many more of ``epoch_seconds`` as the time left
+        allows (``into_epoch``: seconds already spent in the current one)."""
+        left = self.seconds - (time.time() - self.started) + into_epoch
+        self.epochs = max(1, epochs_done + int(left // max(epoch_seconds, 1e-9)))
+        self.lr_steps = max(1, round(self.epochs * self.stretch * self.batches_per_epoch))
+        return self.epochs

@@ -1,0 +1,209 @@
+"""Training on several data folders at once, and on self-blended pseudo-fakes.
+
+A run's training data is a list of ``Source``s (one per ``--data`` folder), each with its own
+split. ``TrainingData`` turns them into the training and validation sets: every image of every
+source, plus (``sbi`` > 0) self-blended fakes made on the fly from real training images, and,
+with ``real_only``, none of the sources' fake images at all. ``BalancedSampler`` draws the same
+number of images from each source per epoch, so a small source is not drowned by a large one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import BadInput, FakescopeError
+from .folders import Sample, fingerprint, load_samples
+
+log = logging.getLogger(__name__)
+
+SBI_SOURCE = "sbi"  # the source name of self-blended fakes in per-source metrics
+
+
+@dataclass
+class Source:
+    name: str
+    root: Path
+    samples: list[Sample]
+    origin: str  # where the split came from
+
+    def describe(self) -> dict:
+        """The run's record of this source: absolute root, fingerprint, counts, split origin."""
+        return {
+            **fingerprint(self.root, self.samples),
+            "root": str(self.root),
+            "name": self.name,
+            "split_origin": self.origin,
+        }
+
+
+def load_sources(roots, seed: int = 0, exclude=(), limit_per_class: int = 0) -> list[Source]:
+    sources, names = [], set()
+    for r in roots:
+        root = Path(r).resolve()
+        samples, origin = load_samples(root, seed=seed, exclude=exclude)
+        if limit_per_class:
+            samples = _limit(samples, limit_per_class)
+        name = root.name
+        while name in names:  # two folders of the same name stay apart
+            name += "'"
+        names.add(name)
+        sources.append(Source(name, root, samples, origin))
+    return sources
+
+
+def _limit(samples, n):
+    kept, seen = [], {}
+    for s in samples:
+        k = (s.split, s.label)
+        if seen.get(k, 0) < n:
+            kept.append(s)
+            seen[k] = seen.get(k, 0) + 1
+    return kept
+
+
+def write_split_file(sources: list[Source], path: Path) -> None:
+    """The run's split.csv: one row per image; with several sources a ``source`` column says
+    which folder the path is relative to."""
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split"] + (["source"] if len(sources) > 1 else []))
+        for src in sources:
+            for s in src.samples:
+                row = [s.path, "fake" if s.label else "real", s.split]
+                w.writerow(row + ([src.name] if len(sources) > 1 else []))
+
+
+def cache_dir() -> Path:
+    """Where computed landmarks are kept: $FAKESCOPE_CACHE, else ~/.cache/fakescope."""
+    return Path(os.environ.get("FAKESCOPE_CACHE", Path.home() / ".cache" / "fakescope"))
+
+
+class SelfBlender:
+    """Turns a real image into a self-blended fake, with its landmarks from a per-source cache
+    (computed once, before training starts: DataLoader workers only read it)."""
+
+    def __init__(self, sources: list[Source], landmarks: str = "auto", progress: bool = True):
+        from .landmarks import LandmarkCache, landmark_source
+        from .sbi import SelfBlend
+
+        self.blend = SelfBlend()
+        self.source = landmark_source(landmarks)
+        self.caches = {}
+        for src in sources:
+            # keyed by the data's fingerprint, so the cache follows the files, not the path
+            key = fingerprint(src.root, src.samples)["sha256"][:12]
+            path = cache_dir() / f"landmarks-{src.name}-{self.source.name}-{key}.npz"
+            cache = LandmarkCache(path, src.root, self.source)
+            reals = [s.path for s in src.samples if s.label == 0 and s.split in ("train", "val")]
+            if cache.update(reals, progress=progress):
+                cache.save()
+            self.caches[str(src.root)] = cache
+
+    def describe(self) -> dict:
+        return {"landmarks": self.source.name, **self.blend.describe()}
+
+    def __call__(self, im, path: Path, rng: random.Random):
+        cache = next((c for r, c in self.caches.items() if str(path).startswith(r + os.sep)), None)
+        if cache is None:
+            raise FakescopeError(f"{path}: no landmarks for images outside the training sources")
+        pts = cache.for_size(path, im.size)
+        try:
+            return self.blend(im, pts, rng)[0]
+        except BadInput:  # landmarks too small to blend: blend a central ellipse instead
+            w, h = im.size
+            t = [2 * math.pi * k / 24 for k in range(24)]
+            ellipse = [(w / 2 + 0.3 * w * math.cos(a), h / 2 + 0.38 * h * math.sin(a)) for a in t]
+            return self.blend(im, ellipse, rng)[0]
+
+
+@dataclass
+class Split:
+    """One split's images: a root, a sample, whether it becomes a pseudo-fake, its source."""
+
+    roots: list[Path]
+    samples: list[Sample]
+    blend: list[bool]
+    source: list[str]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def counts(self) -> dict:
+        out: dict[str, int] = {}
+        for s, b, src in zip(self.samples, self.blend, self.source, strict=True):
+            key = f"{src}/{'fake' if (b or s.label) else 'real'}"
+            out[key] = out.get(key, 0) + 1
+        return dict(sorted(out.items()))
+
+
+def make_split(sources: list[Source], split: str, sbi: float, real_only: bool, seed: int):
+    """The images of ``split``: each source's images (without its fakes when ``real_only``),
+    and self-blended fakes of a ``sbi`` share of its real images (rounded down, at least one
+    per source when ``sbi`` > 0; the share is drawn with ``seed``). Pseudo-fakes count as
+    their own source, ``sbi``."""
+    out = Split([], [], [], [])
+
+    def add(src, s, blend):
+        out.roots.append(src.root)
+        out.samples.append(s)
+        out.blend.append(blend)
+        out.source.append(SBI_SOURCE if blend else src.name)
+
+    rng = random.Random(seed)
+    for src in sources:
+        chosen = [s for s in src.samples if s.split == split]
+        for s in chosen:
+            if not (real_only and s.label == 1):
+                add(src, s, False)
+        if sbi > 0:
+            reals = [s for s in chosen if s.label == 0]
+            n = max(1, math.floor(len(reals) * sbi)) if reals else 0
+            picks = reals if n >= len(reals) else rng.sample(reals, n)
+            for s in picks:
+                add(src, s, True)
+            for _ in range(n - len(picks)):  # sbi > 1: more pseudo-fakes than reals
+                add(src, rng.choice(reals), True)
+    return out
+
+
+class BalancedSampler(torch.utils.data.Sampler):
+    """Each epoch, as many images from every source as the largest source has (smaller ones
+    are drawn again in a new order), shuffled together; with several training processes each
+    takes its shard. Deterministic for (seed, epoch)."""
+
+    def __init__(self, groups: list[str], seed: int = 0, rank: int = 0, world: int = 1):
+        self.by_group: dict[str, list[int]] = {}
+        for i, g in enumerate(groups):
+            self.by_group.setdefault(g, []).append(i)
+        self.seed, self.rank, self.world, self.epoch = seed, rank, world, 0
+        self.per_group = max(len(v) for v in self.by_group.values())
+        self.total = -(-self.per_group * len(self.by_group) // world) * world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.total // self.world
+
+    def __iter__(self):
+        rng = random.Random(hash((self.seed, self.epoch)))
+        order: list[int] = []
+        for _, idx in sorted(self.by_group.items()):
+            drawn = []
+            while len(drawn) < self.per_group:
+                more = idx[:]
+                rng.shuffle(more)
+                drawn += more
+            order += drawn[: self.per_group]
+        rng.shuffle(order)
+        order += order[: self.total - len(order)]  # pad so every process gets as many
+        return iter(order[self.rank : self.total : self.world])
