@@ -96,12 +96,20 @@ class SelfBlender:
         from .sbi import SelfBlend
 
         self.blend = SelfBlend()
-        self.source = landmark_source(landmarks)
+        try:
+            self.source, self.source_name = landmark_source(landmarks), None
+            self.source_name = self.source.name
+        except FakescopeError:
+            if landmarks == "auto":
+                raise
+            # a named source that is not installed here can still be read from its cache
+            # (computed on another machine, e.g. before training on a GPU server)
+            self.source, self.source_name = None, landmarks
         self.caches = {}
         for src in sources:
             # keyed by the data's fingerprint, so the cache follows the files, not the path
             key = fingerprint(src.root, src.samples)["sha256"][:12]
-            path = cache_dir() / f"landmarks-{src.name}-{self.source.name}-{key}.npz"
+            path = cache_dir() / f"landmarks-{src.name}-{self.source_name}-{key}.npz"
             cache = LandmarkCache(path, src.root, self.source)
             reals = [s.path for s in src.samples if s.label == 0 and s.split in ("train", "val")]
             if cache.update(reals, progress=progress):
@@ -109,7 +117,7 @@ class SelfBlender:
             self.caches[str(src.root)] = cache
 
     def describe(self) -> dict:
-        return {"landmarks": self.source.name, **self.blend.describe()}
+        return {"landmarks": self.source_name, **self.blend.describe()}
 
     def __call__(self, im, path: Path, rng: random.Random):
         cache = next((c for r, c in self.caches.items() if str(path).startswith(r + os.sep)), None)

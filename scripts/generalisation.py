@@ -1,0 +1,196 @@
+"""Issue 10's experiment: train the cells of the generalisation matrix over seeds, score every
+run on every test split (and val split, to choose by), and tabulate mean and spread.
+
+Each training source x recipe is a set of TrainConfig overrides on one base recipe (the demo's:
+mobilenet_v2, GAP head, 299 px, every layer, Adam 2e-4, 4 of 5 cosine epochs, batch 8, mirror
+TTA). Runs go in parallel (one process each); results are appended to OUT/cells.csv as each
+run ends, so a sweep cut short keeps what it finished. Choose between recipes on the val
+columns only; the test columns are reported.
+
+    python scripts/generalisation.py --data-dir ../shared/data --seeds 0-2 --jobs 6 \
+        --out runs/generalisation sg lfw both sbi_only both_sbi both_sbi_aug
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+BASE = dict(
+    backbone="mobilenet_v2",
+    head="gap",
+    steps=1,
+    epochs=4,
+    lr_epochs=5,
+    lr=2e-4,
+    lr_schedule="cosine",
+    batch_size=8,
+    tta=True,
+    tensorboard=False,
+)
+# JPEG re-compression of both classes alike wherever lfw-faceswap is in the data: its classes
+# were saved at different qualities (../shared/README.md), a shortcut the model must not learn.
+JPEG = dict(jpeg_prob=0.5, jpeg_quality=(60, 100))
+SG, LFW = "sg-ffhq", "lfw-faceswap"
+RECIPES = {
+    "sg": dict(data=(SG,)),  # the demo recipe
+    "lfw": dict(data=(LFW,), **JPEG),
+    "both": dict(data=(SG, LFW), **JPEG),
+    "sbi_only": dict(data=(SG, LFW), sbi=1.0, real_only=True, **JPEG),
+    "both_sbi": dict(data=(SG, LFW), sbi=0.5, **JPEG),
+    # issue 10 item 7: stronger forensic augmentation on top of both_sbi
+    "both_sbi_aug": dict(
+        data=(SG, LFW),
+        sbi=0.5,
+        jpeg_prob=0.5,
+        jpeg_quality=(30, 100),
+        blur_prob=0.3,
+        resize_prob=0.3,
+    ),  # fmt: skip
+    "sbi_only_aug": dict(
+        data=(SG, LFW),
+        sbi=1.0,
+        real_only=True,
+        jpeg_prob=0.5,
+        jpeg_quality=(30, 100),
+        blur_prob=0.3,
+        resize_prob=0.3,
+    ),  # fmt: skip
+}
+FIELDS = ["recipe", "seed", "train_s", "epochs", "split", "data", "auc", "ap", "f1",
+          "precision", "recall", "threshold", "in_domain"]  # fmt: skip
+
+
+def run_one(recipe: str, seed: int, args) -> list[dict]:
+    import torch
+
+    from fakescope import TrainConfig, train
+    from fakescope.evaluation.crossset import cross_matrix
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out) / f"{recipe}-s{seed}"
+    over = dict(RECIPES[recipe])
+    data = tuple(str(Path(args.data_dir) / d) for d in over.pop("data"))
+    cfg = TrainConfig(
+        **{**BASE, **over},
+        data=data,
+        weights=args.weights,
+        seed=seed,
+        out=str(out),
+        workers=args.workers,
+        precision="fp32" if args.fp32 else "auto",
+        limit_per_class=args.limit,
+        landmarks=args.landmarks,
+    )
+    t0 = time.time()
+    train(cfg, progress=False)
+    secs = time.time() - t0
+    epochs = sum(s["epochs"] for s in json.loads((out / "fakescope.json").read_text())["steps"])
+    rows = []
+    sets = [Path(args.data_dir) / d for d in (SG, LFW)]
+    for split in ("val", "test"):
+        m = cross_matrix(
+            [out], sets, split=split, out=out / f"matrix-{split}", progress=False,
+            batch_size=64, limit=args.limit,
+        )  # fmt: skip
+        for c in m["cells"]:
+            rows.append(
+                {
+                    "recipe": recipe,
+                    "seed": seed,
+                    "train_s": round(secs, 1),
+                    "epochs": epochs,
+                    "split": split,
+                    "data": c["data"],
+                    **{k: round(c[k], 4) for k in ("auc", "ap", "f1", "precision", "recall")},
+                    "threshold": round(c["threshold"], 4),
+                    "in_domain": c["in_domain"],
+                }
+            )
+    return rows
+
+
+def parse_seeds(text: str) -> list[int]:
+    if "-" in text:
+        a, b = text.split("-")
+        return list(range(int(a), int(b) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def summarise(csv_path: Path) -> str:
+    """Mean ± standard deviation over seeds per recipe, split and data set, as markdown."""
+    import numpy as np
+
+    rows = list(csv.DictReader(open(csv_path)))
+    cells: dict = {}
+    for r in rows:
+        cells.setdefault((r["recipe"], r["split"], r["data"]), []).append(r)
+    lines = ["| recipe | split | data | seeds | AUC | AP | F1 at stored thr | train s |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (recipe, split, data), rs in sorted(cells.items()):
+
+        def ms(k, rs=rs):
+            v = np.array([float(r[k]) for r in rs])
+            return f"{v.mean():.4f} ± {v.std():.4f}" if len(v) > 1 else f"{v[0]:.4f}"
+
+        secs = np.mean([float(r["train_s"]) for r in rs])
+        lines.append(
+            f"| {recipe} | {split} | {data} | {len(rs)} | {ms('auc')} | {ms('ap')} | "
+            f"{ms('f1')} | {secs:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("recipes", nargs="+", choices=sorted(RECIPES))
+    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--weights", default="../shared/weights/mobilenet_v2-b0353104.pth")
+    p.add_argument("--seeds", default="0", help="e.g. 0-2 or 0,3")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (each its own process)")
+    p.add_argument("--workers", type=int, default=2, help="data-loading workers per run")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    p.add_argument("--fp32", action="store_true", help="no autocast/TF32 on a GPU")
+    p.add_argument("--landmarks", default="auto", help="auto, dlib68 or mtcnn5")
+    p.add_argument("--limit", type=int, default=0, help="images per class and split (smoke)")
+    p.add_argument("--out", default="runs/generalisation")
+    args = p.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    csv_path = Path(args.out) / "cells.csv"
+    new = not csv_path.exists()
+    # seed-major, so that a sweep cut short still has every recipe at its first seeds
+    jobs = [(r, s) for s in parse_seeds(args.seeds) for r in args.recipes]
+    with (
+        open(csv_path, "a", newline="") as fh,
+        ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool,
+    ):
+        w = csv.DictWriter(fh, FIELDS)
+        if new:
+            w.writeheader()
+        futures = {pool.submit(run_one, r, s, args): (r, s) for r, s in jobs}
+        for fut in as_completed(futures):
+            r, s = futures[fut]
+            try:
+                rows = fut.result()
+            except Exception as e:  # one failed run must not lose the others' rows
+                print(f"{r} seed {s}: failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                continue
+            w.writerows(rows)
+            fh.flush()
+            for row in rows:
+                print(", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+            (Path(args.out) / "summary.md").write_text(summarise(csv_path))
+    print(summarise(csv_path))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
