@@ -105,6 +105,36 @@ def parse_seeds(text: str) -> list[int]:
     return [int(s) for s in text.split(",")]
 
 
+def run_sweep(run_one, recipes, args, csv_path: Path, fields, after=None) -> None:
+    """Run ``run_one(recipe, seed, args)`` for every recipe and seed in ``args.jobs`` processes,
+    appending the rows each returns (a dict or a list of dicts) to ``csv_path`` as it ends;
+    ``after(csv_path)`` is called after each. One failed run does not lose the others' rows."""
+    new = not csv_path.exists()
+    # seed-major, so that a sweep cut short still has every recipe at its first seeds
+    jobs = [(r, s) for s in parse_seeds(args.seeds) for r in recipes]
+    with (
+        open(csv_path, "a", newline="") as fh,
+        ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool,
+    ):
+        w = csv.DictWriter(fh, fields)
+        if new:
+            w.writeheader()
+        futures = {pool.submit(run_one, r, s, args): (r, s) for r, s in jobs}
+        for fut in as_completed(futures):
+            r, s = futures[fut]
+            try:
+                rows = fut.result()
+            except Exception as e:
+                print(f"{r} seed {s}: failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                continue
+            for row in rows if isinstance(rows, list) else [rows]:
+                w.writerow(row)
+                print(", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+            fh.flush()
+            if after is not None:
+                after(csv_path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("recipes", nargs="+", choices=sorted(RECIPES))
@@ -119,28 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--csv", default=None, help="results file (default OUT/sweep.csv)")
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    csv_path = Path(args.csv or Path(args.out) / "sweep.csv")
-    new = not csv_path.exists()
-    # seed-major, so that a sweep cut short still has every recipe at its first seeds
-    jobs = [(r, s) for s in parse_seeds(args.seeds) for r in args.recipes]
-    with (
-        open(csv_path, "a", newline="") as fh,
-        ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool,
-    ):
-        w = csv.DictWriter(fh, FIELDS)
-        if new:
-            w.writeheader()
-        futures = {pool.submit(run_one, r, s, args): (r, s) for r, s in jobs}
-        for fut in as_completed(futures):
-            r, s = futures[fut]
-            try:
-                row = fut.result()
-            except Exception as e:  # one failed run must not lose the others' rows
-                print(f"{r} seed {s}: failed: {e}", file=sys.stderr, flush=True)
-                continue
-            w.writerow(row)
-            fh.flush()
-            print(", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+    run_sweep(run_one, args.recipes, args, Path(args.csv or Path(args.out) / "sweep.csv"), FIELDS)
     return 0
 
 
