@@ -115,3 +115,16 @@ def summarize(y, s, threshold: float) -> dict:
         "confusion": at["confusion"],
         "at_0.5": at_threshold(y, s, 0.5),
     }
+
+
+def per_source_auc(s, y, names, everyone: str = "") -> dict:
+    """AUC of each source's fakes against that source's reals; the fakes of source
+    ``everyone`` (pseudo-fakes made from every source's reals) against all reals."""
+    names = np.asarray(names)
+    out = {}
+    for name in sorted(set(names[y == 1])):
+        m = (y == 0) & ((names == name) | (name == everyone))
+        m |= (y == 1) & (names == name)
+        if len(set(y[m])) == 2:
+            out[name] = threshold_free(y[m], s[m])["auc"]
+    return out

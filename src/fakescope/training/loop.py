@@ -222,19 +222,6 @@ def _datasets(cfg: TrainConfig, sources, ranks: Ranks, progress: bool):
     return train_ds, val_ds, va.source[mine], sampler, tr, blender
 
 
-def _per_source_auc(s, y, names) -> dict:
-    """Validation AUC of each source's fakes against that source's reals (pseudo-fakes against
-    all reals)."""
-    names = np.asarray(names)
-    out = {}
-    for name in sorted(set(names[y == 1])):
-        m = (y == 0) & ((names == name) | (name == SBI_SOURCE))
-        m |= (y == 1) & (names == name)
-        if len(set(y[m])) == 2:
-            out[name] = M.threshold_free(y[m], s[m])["auc"]
-    return out
-
-
 def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> None:
     """The training loop of one process; the lead process writes the run folder."""
     started = time.time()
@@ -316,7 +303,10 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
             # a first plan from the first batches: validation costs about a third of a
             # training pass per image (twice that with TTA)
             val_share = len(val_ds) * ranks.world / max(n_images, 1) / 3 * (2 if cfg.tta else 1)
-            epoch_runner.probe = lambda spb, k=1 + val_share: budget.plan(spb * n_batches * k, 0)
+            # every process reaches batch 12 at the same step: they plan alike from the slowest
+            epoch_runner.probe = lambda spb, k=1 + val_share: budget.plan(
+                max(ranks.gather(spb)) * n_batches * k, 0
+            )
         while not state.stopping.stop and state.epoch < (
             budget.epochs if budget is not None else cfg.epochs_of(step)
         ):
@@ -337,7 +327,7 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
             loss_sum, seen = ranks.sum(loss_sum, seen)
             s, yv, val_loss, names = validate(scored, "validating")
             auc = M.threshold_free(yv, s)["auc"]
-            by_source = _per_source_auc(s, yv, names) if len(set(names)) > 1 else {}
+            by_source = M.per_source_auc(s, yv, names, SBI_SOURCE) if len(set(names)) > 1 else {}
             acc = M.at_threshold(yv, s, 0.5)["accuracy"]
             secs = time.time() - t0
             if budget is not None and epoch == 0:
