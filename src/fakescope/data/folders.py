@@ -85,12 +85,15 @@ def read_splits(path: str | Path) -> list[Sample]:
     return out
 
 
-def write_splits(samples: list[Sample], path: str | Path) -> None:
+def write_splits(samples: list[Sample], path: str | Path, sources: list[str] | None = None) -> None:
+    """``path,label,split`` per sample; with ``sources`` (one name per sample, for runs on
+    several data folders) a ``source`` column says which folder the path is relative to."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "label", "split"])
-        for s in samples:
-            w.writerow([s.path, "fake" if s.label else "real", s.split])
+        w.writerow(["path", "label", "split"] + (["source"] if sources else []))
+        for i, s in enumerate(samples):
+            extra = [sources[i]] if sources else []
+            w.writerow([s.path, "fake" if s.label else "real", s.split, *extra])
 
 
 def load_samples(root, splits_file=None, seed: int = 0, exclude=()) -> tuple[list[Sample], str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import BadInput, FakescopeError
-from .folders import Sample, fingerprint, load_samples
+from .folders import Sample, fingerprint, load_samples, write_splits
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +69,10 @@ def _limit(samples, n):
 
 
 def write_split_file(sources: list[Source], path: Path) -> None:
-    """The run's split.csv: one row per image; with several sources a ``source`` column says
-    which folder the path is relative to."""
-    import csv
-
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "label", "split"] + (["source"] if len(sources) > 1 else []))
-        for src in sources:
-            for s in src.samples:
-                row = [s.path, "fake" if s.label else "real", s.split]
-                w.writerow(row + ([src.name] if len(sources) > 1 else []))
+    """The run's split.csv over all its sources (a ``source`` column when there are several)."""
+    samples = [s for src in sources for s in src.samples]
+    names = [src.name for src in sources for _ in src.samples] if len(sources) > 1 else None
+    write_splits(samples, path, names)
 
 
 def cache_dir() -> Path:

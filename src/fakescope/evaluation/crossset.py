@@ -23,10 +23,9 @@ from ..runs import Run, load_run, write_json
 from ..scoring.scorer import Scorer
 from . import metrics as M
 from . import plots
-from .evaluator import per_source, same_data
+from .evaluator import face_prepare, per_source, same_data
 from .sets import (
     cap_per_class,
-    face_prepare,
     fmt,
     held_out,
     md_table,

@@ -57,6 +57,17 @@ def split_samples(run: Run, data: Path, split: str | None):
     return chosen, split
 
 
+def face_prepare(run: Run, faces: str | None = None):
+    """The face stage ``faces`` (default: the one the run was trained with) as a dataset's
+    ``prepare`` step, cropping with the run's margin; None when there is no stage."""
+    faces = faces or run.meta.face_mode
+    if faces == "never":
+        return None
+    from ..data.faces import FaceCropper
+
+    return FaceCropper(mode=faces, margin=run.meta.face_margin).training_crop
+
+
 def scoring_dataset(run: Run, data, samples, augment=None, prepare=None) -> ImageDataset:
     """The images of ``samples`` as the run's model sees them (its size, fit, normalisation)."""
     return ImageDataset(
@@ -109,15 +120,9 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     faces = faces or run.meta.face_mode
     scorer = Scorer.of_run(run, device, batch_size)
-    prepare = None
-    if faces != "never":
-        from ..data.faces import FaceCropper
-
-        prepare = FaceCropper(mode=faces, margin=run.meta.face_margin).training_crop
+    prepare = face_prepare(run, faces)
     # a deterministic "augmentation": every image re-encoded at exactly this quality
-    recode = (
-        Augment(hflip=False, jpeg_prob=1.0, jpeg_quality=(reencode,) * 2) if reencode else None
-    )
+    recode = Augment(hflip=False, jpeg_prob=1.0, jpeg_quality=(reencode,) * 2) if reencode else None
     ds = scoring_dataset(run, data, samples, recode, prepare)
     s, y, loss = scorer.score_loader(make_loader(ds, batch_size), f"scoring {split}", progress)
     thr, stored = run.threshold, run.meta.thresholds

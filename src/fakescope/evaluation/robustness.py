@@ -19,7 +19,8 @@ from ..runs import Run, load_run, write_json
 from ..scoring.scorer import Scorer
 from . import metrics as M
 from . import plots
-from .sets import cap_per_class, face_prepare, md_table, resolve_split, score, text_table, write_csv
+from .evaluator import face_prepare
+from .sets import cap_per_class, md_table, resolve_split, score, text_table, write_csv
 
 DEFAULT = "jpeg,blur,downscale,noise,social"
 COLUMNS = [

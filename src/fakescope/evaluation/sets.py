@@ -68,15 +68,6 @@ def cap_per_class(samples: list, limit: int) -> list:
     return out
 
 
-def face_prepare(run: Run):
-    """The face stage the run was trained with, as ``evaluate`` applies it (None: no stage)."""
-    if run.meta.face_mode == "never":
-        return None
-    from ..data.faces import FaceCropper
-
-    return FaceCropper(mode=run.meta.face_mode, margin=run.meta.face_margin).training_crop
-
-
 def score(
     scorer,
     run: Run,
