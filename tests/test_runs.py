@@ -61,7 +61,7 @@ def test_a_tampered_format_is_refused_clearly(small_run, tmp_path, value, messag
 
 def test_broken_json_and_missing_fields_are_one_line(small_run, tmp_path):
     run = _copy_run(small_run, tmp_path, lambda m: m["model"].pop("backbone"))
-    with pytest.raises(FakescopeError, match="missing or malformed field"):
+    with pytest.raises(FakescopeError, match="model.backbone: missing"):
         load_run(run)
     (run / "fakescope.json").write_text("{not json")
     with pytest.raises(FakescopeError, match="not valid JSON"):
@@ -106,3 +106,97 @@ def test_bad_config_values_are_clear_errors():
         TrainConfig(fit="stretch").check()
     with pytest.raises(FakescopeError, match="--ema"):
         TrainConfig(ema=1.5).check()
+
+
+# ---------------------------------------------------------------- a tampered run (issue 14, 1)
+
+
+def _edit(path, _unused, value):
+    def edit(meta):
+        *parents, last = path.split(".")
+        d = meta
+        for p in parents:
+            d = d[p]
+        if value is _DROP:
+            d.pop(last)
+        else:
+            d[last] = value
+
+    return edit
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("threshold.value", 7.5, "threshold.value: 7.5 is not a probability"),
+        ("threshold.value", -0.1, "threshold.value: -0.1 is not a probability"),
+        ("threshold.value", "0.5", "threshold.value: '0.5' is not a number"),
+        ("threshold.value", _DROP, "threshold.value: missing"),
+        ("threshold.value", float("nan"), "threshold.value: nan is not a number"),
+        ("model.input_size", 0, "model.input_size: 0 is not a size"),
+        ("model.input_size", "299", "model.input_size: '299' is not a size"),
+        ("model.backbone", "resnet9000", "model.backbone: 'resnet9000' is not a known backbone"),
+        ("model.head", "mlp", "model.head: 'mlp' is not one of flatten, gap"),
+        ("model.std", [0.2, 0, 0.2], "model.std: .* is not three finite numbers above 0"),
+        ("model.tta", True, "model.tta: True is not one of none, hflip"),
+        ("faces.mode", "sometimes", "faces.mode: 'sometimes' is not one of"),
+        ("weights.sha256", "abc", "weights.sha256: 'abc' is not a SHA-256 digest"),
+        ("data.sources", "x", "data.sources: expected a list"),
+    ],
+)
+def test_every_field_of_a_tampered_run_is_checked(small_run, tmp_path, path, value, message):
+    run = _copy_run(small_run, tmp_path, _edit(path, None, value))
+    with pytest.raises(FakescopeError, match=message) as e:
+        load_run(run)
+    assert str(run / "fakescope.json") in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_threshold_outside_0_1_fails_the_command_line_in_one_line(small_run, tmp_path, capsys):
+    from fakescope.cli import main
+
+    from .conftest import sg_images
+
+    run = _copy_run(small_run, tmp_path, _edit("threshold.value", None, 7.5))
+    assert main(["predict", str(run), str(sg_images("fake", n=1)[0])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is not a probability" in err
+
+
+def test_weights_carry_a_checksum_that_is_verified(small_run, tmp_path):
+    meta = json.loads((small_run / "fakescope.json").read_text())
+    assert len(meta["weights"]["sha256"]) == 64
+    run = _copy_run(small_run, tmp_path, lambda m: None)
+    w = run / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-10] ^= 0xFF  # one flipped byte in a weight: loads fine, scores wrongly
+    w.write_bytes(bytes(data))
+    with pytest.raises(FakescopeError, match="checksum does not match"):
+        load_run(run)
+
+
+def _no_checksum(meta):
+    meta.pop("weights", None)  # as runs written before checksums were stored
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickle", "other_backbone"])
+def test_bad_weight_files_are_one_line(small_run, tmp_path, damage):
+    import torch
+    from safetensors.torch import save_file
+
+    run = _copy_run(small_run, tmp_path, _no_checksum)
+    w = run / "model.safetensors"
+    if damage == "truncated":
+        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+        message = "not a readable safetensors file"
+    elif damage == "pickle":
+        torch.save({"x": torch.zeros(3)}, w)  # a pickle (zip) renamed .safetensors
+        message = "not a readable safetensors file"
+    else:
+        save_file({"fc.weight": torch.zeros(1, 7), "fc.bias": torch.zeros(1)}, str(w))
+        message = "weights do not fit mobilenet_v2/flatten at 160px .* missing"
+    with pytest.raises(FakescopeError, match=message) as e:
+        load_run(run)
+    assert "\n" not in str(e.value)

@@ -13,8 +13,11 @@ through ``RunMeta``'s typed accessors.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import platform
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from .config import DEFAULT_FACE_MARGIN, TrainConfig
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import FakescopeError
-from .model.detector import Detector
+from .model.detector import Detector, is_supported
 
 META = "fakescope.json"
 WEIGHTS = "model.safetensors"
@@ -97,6 +100,7 @@ class RunMeta:
     sources: list[dict]  # per data source: root (absolute), name, sha256, counts, split_origin
     format: int = FORMAT
     extra: dict = field(default_factory=dict)
+    weights_sha256: str | None = None  # of model.safetensors; runs before session 6 have none
 
     @property
     def face_mode(self) -> str:
@@ -108,7 +112,10 @@ class RunMeta:
 
     @property
     def config(self) -> TrainConfig:
-        return TrainConfig.from_dict(self.train)
+        try:
+            return TrainConfig.from_dict(self.train)
+        except (TypeError, ValueError) as e:
+            raise FakescopeError(f"{META}: train: not a training configuration ({e})") from None
 
     def to_json(self) -> dict:
         s = self.spec
@@ -132,8 +139,10 @@ class RunMeta:
             "faces": self.faces,
             "train": self.train,
             "data": {"sources": self.sources},
+            **({"weights": {"file": WEIGHTS, "sha256": self.weights_sha256}}
+               if self.weights_sha256 else {}),
             **rest,
-        }
+        }  # fmt: skip
 
     @classmethod
     def from_json(cls, d: dict, where: str = "fakescope.json") -> RunMeta:
@@ -145,25 +154,40 @@ class RunMeta:
                 f"{where}: written by a newer fakescope (run format {fmt}; this version reads "
                 f"formats 1-{FORMAT}); upgrade fakescope to use this run"
             )
-        try:
-            m, t = d["model"], d["threshold"]
-            train = d.get("train", {})
-            spec = ModelSpec(
-                m["backbone"],
-                m["head"],
-                int(m["input_size"]),
-                m.get("fit", "resize"),
-                tuple(m.get("mean", IMAGENET_MEAN)),
-                tuple(m.get("std", IMAGENET_STD)),
-                m.get("tta", "none") == "hflip",
-                m.get("precision", train.get("precision", "auto")),
+        m, t = _section(d, "model", where), _section(d, "threshold", where)
+        train = d.get("train", {})
+        if not isinstance(train, dict):
+            raise FakescopeError(f"{where}: train: expected an object, found {train!r:.60}")
+        spec = _spec(m, train, where)
+        value = _number(t, "value", "threshold.value", where)
+        if not 0.0 <= value <= 1.0:
+            raise FakescopeError(
+                f"{where}: threshold.value: {value} is not a probability (must be in 0..1)"
             )
-            value = float(t["value"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise FakescopeError(f"{where}: missing or malformed field ({e})") from None
+        faces = d.get("faces", {})
+        if not isinstance(faces, dict):
+            raise FakescopeError(f"{where}: faces: expected an object, found {faces!r:.60}")
+        if faces.get("mode", "never") not in FACE_MODES:
+            raise FakescopeError(
+                f"{where}: faces.mode: {faces['mode']!r:.40} is not one of {', '.join(FACE_MODES)}"
+            )
+        if "margin" in faces and not _number(faces, "margin", "faces.margin", where) > 0:
+            raise FakescopeError(f"{where}: faces.margin: must be positive")
+        weights = d.get("weights", {})
+        sha = weights.get("sha256") if isinstance(weights, dict) else None
+        if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+            raise FakescopeError(f"{where}: weights.sha256: {sha!r:.80} is not a SHA-256 digest")
         data = d.get("data", {})
         sources = data["sources"] if fmt >= 2 else [_source_of_format1(data)]
-        known = {"format", "model", "threshold", "faces", "train", "data"}
+        if not isinstance(data, dict) or (
+            fmt >= 2
+            and not (
+                isinstance(data.get("sources"), list)
+                and all(isinstance(x, dict) for x in data["sources"])
+            )
+        ):
+            raise FakescopeError(f"{where}: data.sources: expected a list of data sources")
+        known = {"format", "model", "threshold", "faces", "train", "data", "weights"}
         spec_keys = {"backbone", "head", "input_size", "fit", "mean", "std", "tta", "precision"}
         extra = {k: v for k, v in d.items() if k not in known}
         extra["model"] = {k: v for k, v in m.items() if k not in spec_keys}
@@ -171,12 +195,71 @@ class RunMeta:
             spec,
             value,
             {k: v for k, v in t.items() if k != "value"},
-            d.get("faces", {}),
+            faces,
             train,
             sources,
             FORMAT,
             extra,
+            sha,
         )
+
+
+FACE_MODES = ("never", "auto", "always")
+CHOICES = {"head": ("flatten", "gap"), "fit": ("resize", "pad"), "precision": ("auto", "fp32"),
+           "tta": ("none", "hflip")}  # fmt: skip
+
+
+def _section(d: dict, name: str, where: str) -> dict:
+    v = d.get(name)
+    if not isinstance(v, dict):
+        raise FakescopeError(f"{where}: {name}: " + ("missing" if v is None else "not an object"))
+    return v
+
+
+def _number(d: dict, key: str, name: str, where: str) -> float:
+    v = d.get(key)
+    if v is None:
+        raise FakescopeError(f"{where}: {name}: missing")
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise FakescopeError(f"{where}: {name}: {v!r:.40} is not a number")
+    return float(v)
+
+
+def _spec(m: dict, train: dict, where: str) -> ModelSpec:
+    """The model section, every field checked: a tampered run fails here with one line instead
+    of deep inside torch (or, worse, scoring with nonsense)."""
+    backbone = m.get("backbone")
+    if backbone is None:
+        raise FakescopeError(f"{where}: model.backbone: missing")
+    if not isinstance(backbone, str) or not is_supported(backbone):
+        raise FakescopeError(f"{where}: model.backbone: {backbone!r:.40} is not a known backbone")
+    size = m.get("input_size")
+    if size is None:
+        raise FakescopeError(f"{where}: model.input_size: missing")
+    if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 4096:
+        raise FakescopeError(f"{where}: model.input_size: {size!r:.40} is not a size in 16..4096")
+    picked = {}
+    for key, choices in CHOICES.items():
+        default = {"head": None, "fit": "resize", "tta": "none"}.get(key)
+        if key == "precision":
+            default = train.get("precision", "auto")
+        v = m.get(key, default)
+        if v not in choices:
+            state = "missing" if v is None else f"{v!r:.40} is not one of {', '.join(choices)}"
+            raise FakescopeError(f"{where}: model.{key}: {state}")
+        picked[key] = v
+    norm = {}
+    for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+        v = m.get(key, list(default))
+        ok = isinstance(v, list | tuple) and len(v) == 3
+        ok = ok and all(not isinstance(x, bool) and isinstance(x, int | float) for x in v)
+        ok = ok and all(math.isfinite(x) and (key == "mean" or x > 0) for x in v)
+        if not ok:
+            want = "three finite numbers" + (" above 0" if key == "std" else "")
+            raise FakescopeError(f"{where}: model.{key}: {v!r:.60} is not {want}")
+        norm[key] = tuple(float(x) for x in v)
+    return ModelSpec(backbone, picked["head"], size, picked["fit"], norm["mean"], norm["std"],
+                     picked["tta"] == "hflip", picked["precision"])  # fmt: skip
 
 
 def _source_of_format1(data: dict) -> dict:
@@ -212,7 +295,18 @@ def new_meta(cfg: TrainConfig, thresholds: dict, faces: dict, sources: list[dict
     )
 
 
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_meta(out: Path, meta: RunMeta) -> None:
+    """Write ``fakescope.json`` after the weights, with their checksum (verified on load)."""
+    if (Path(out) / WEIGHTS).exists():
+        meta.weights_sha256 = sha256_of(Path(out) / WEIGHTS)
     write_json(Path(out) / META, meta.to_json())
 
 
@@ -276,9 +370,33 @@ def load_run(path: str | Path) -> Run:
             "make one with `fakescope train`)"
         )
     meta = read_meta(path)
+    if meta.weights_sha256 and sha256_of(weights_file) != meta.weights_sha256:
+        raise FakescopeError(
+            f"{weights_file}: checksum does not match the one in {META} (the weights were "
+            "changed or damaged after training)"
+        )
     s = meta.spec
     model = Detector(s.backbone, s.head, s.input_size, weights="none")
-    model.load_state_dict(load_file(str(weights_file)))
+    try:
+        # safetensors never unpickles: a pickle renamed .safetensors is refused, not run
+        state = load_file(str(weights_file))
+    except Exception as e:  # SafetensorError, OSError: the message says which
+        raise FakescopeError(
+            f"{weights_file}: not a readable safetensors file ({type(e).__name__}: {e})"
+        ) from None
+    want = model.state_dict()
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    shaped = [k for k in want if k in state and state[k].shape != want[k].shape]
+    if missing or unexpected or shaped:
+        parts = [f"{len(v)} {what} such as {v[0]!r}" for v, what in
+                 ((missing, "missing"), (unexpected, "unexpected"), (shaped, "of another shape"))
+                 if v]  # fmt: skip
+        raise FakescopeError(
+            f"{weights_file}: weights do not fit {s.backbone}/{s.head} at {s.input_size}px "
+            f"({', '.join(parts)})"
+        )
+    model.load_state_dict(state)
     model.eval()
     return Run(path, meta, model)
 

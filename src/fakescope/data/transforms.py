@@ -14,6 +14,7 @@ from PIL import Image, ImageFilter
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+
 @dataclass
 class Augment:
     hflip: bool = True

@@ -128,4 +128,3 @@ def sample_frames(path: str | Path, count: int = 16) -> list[tuple[int, float, I
             stacklevel=2,
         )
     return kept
-

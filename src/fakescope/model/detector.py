@@ -35,6 +35,16 @@ def _family(backbone: str) -> str:
     )
 
 
+def is_supported(backbone: str) -> bool:
+    """Whether ``backbone`` names a torchvision model of a family fakescope can cut in stages."""
+    try:
+        _family(backbone)
+        torchvision.models.get_model_builder(backbone)
+    except (FakescopeError, ValueError):
+        return False
+    return True
+
+
 def _trunk_and_stages(net: nn.Module, family: str) -> tuple[nn.Sequential, list[list[nn.Module]]]:
     if family == "resnet":
         trunk = nn.Sequential(

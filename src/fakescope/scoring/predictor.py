@@ -203,4 +203,3 @@ class Predictor:
             extra={"frames_scored": len(by_frame)},
         )
         yield from rows
-
