@@ -92,6 +92,9 @@ def mixed_folder(tmp_path):
     (d / "notes.txt").write_text("not an image")
     data = sg_images("fake", n=3)[2].read_bytes()
     (d / "sub" / "cut.jpg").write_bytes(data[: len(data) // 4])
+    (d / "gone.jpg").symlink_to(d / "deleted-long-ago.jpg")  # dangling link: a row, not silence
+    shutil.copy(sg_images("real", n=4)[3], d / "two\nlines.jpg")  # a newline in a file name
+    good["two\nlines.jpg"] = "real"
     return d, good
 
 
@@ -101,16 +104,21 @@ def test_cli_predict_mixed_folder(small_run, mixed_folder, tmp_path):
     r = cli("predict", small_run, folder, "--csv", out_csv, "--json", out_json)
     assert r.returncode == 1, "a failed file must show in the exit status"
     rows = list(csv.DictReader(open(out_csv)))
-    assert len(rows) == 8 == len(json.loads(out_json.read_text()))
+    assert len(rows) == 10 == len(json.loads(out_json.read_text()))
     by_name = {r["path"].split("/")[-1]: r for r in rows}
     for bad, problem in (
         ("empty.jpg", "empty file"),
         ("notes.txt", "not an image"),
         ("cut.jpg", "corrupt or truncated"),
+        ("gone.jpg", "broken symbolic link"),
     ):
         assert problem in by_name[bad]["error"] and bad in by_name[bad]["error"]
         assert by_name[bad]["verdict"] == ""
         assert "ERROR" in r.stdout and bad in r.stdout
+    # one printed row per file: the newline in a name is shown escaped, not acted on
+    table = r.stdout.split("verdict ", 1)[1].strip().splitlines()[1:]
+    assert len(table) == 10
+    assert "two\\nlines.jpg" in r.stdout
     thr = load_run(small_run).threshold
     for name in good:
         row = by_name[name]

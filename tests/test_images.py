@@ -80,3 +80,54 @@ def test_list_files_recurses_and_skips_hidden(tmp_path):
     (tmp_path / ".hidden").write_bytes(b"1")
     names = [p.name for p in list_files([tmp_path])]
     assert names == ["y.txt", "x.jpg"] or sorted(names) == ["x.jpg", "y.txt"]
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` pixels and holds almost no data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_a_decompression_bomb_is_refused_fast_with_flat_memory(tmp_path):
+    import resource
+    import time
+
+    (tmp_path / "bomb.png").write_bytes(_png_header(100_000, 100_000))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with pytest.raises(BadInput, match="bomb.png: image too large .*150,000,000"):
+        load_rgb(tmp_path / "bomb.png")
+    assert time.perf_counter() - t0 < 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB
+
+
+@pytest.fixture(scope="module")
+def photo_12000x9000(tmp_path_factory):
+    """A real face scaled up to a 108-megapixel JPEG (over Pillow's 89 MP bomb warning)."""
+    path = tmp_path_factory.mktemp("big") / "dslr.jpg"
+    Image.open(sg_images("fake", n=1)[0]).convert("RGB").resize((12000, 9000)).save(
+        path, quality=85
+    )
+    return path
+
+
+def test_a_108_megapixel_photo_is_read_at_reduced_size(photo_12000x9000):
+    im = load_rgb(photo_12000x9000)
+    assert im.size[0] / im.size[1] == pytest.approx(12000 / 9000, rel=0.01)
+    assert 1500 <= im.size[0] <= 12000
+
+
+def test_predict_scores_a_108_megapixel_photo(small_run, photo_12000x9000, capsys):
+    from fakescope.cli import main
+
+    assert main(["predict", str(small_run), str(photo_12000x9000), "--faces", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "dslr.jpg" in out and ("fake" in out or "real" in out) and "error" not in out.lower()

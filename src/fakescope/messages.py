@@ -15,3 +15,11 @@ def show_messages() -> None:
         handler.fakescope_cli = True
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+
+
+def one_line(text: str) -> str:
+    """``text`` safe for one row of a printed table: control characters in a file name (a
+    newline, a carriage return, an escape sequence) are shown escaped instead of acted on."""
+    return "".join(
+        c if c.isprintable() or c == " " else c.encode("unicode_escape").decode() for c in text
+    )

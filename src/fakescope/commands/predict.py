@@ -105,8 +105,10 @@ def cmd_predict(a) -> int:
 
 
 def _format_row(d: dict) -> str:
+    from ..messages import one_line
+
     if d["error"]:
-        return f"{'ERROR':8} {'':>8}  {d['error']}"
+        return f"{'ERROR':8} {'':>8}  {one_line(d['error'])}"
     where = d["path"]
     if d["kind"] == "frame":
         where += f" [frame {d['frame']}" + (
@@ -116,7 +118,7 @@ def _format_row(d: dict) -> str:
         where += f" [face {d['face']} at {d['box']}, conf {d['face_confidence']}]"
     elif d["kind"] == "video":
         where += f" [video, {d.get('frames_scored')} frames]"
-    return f"{d['verdict']:8} {d['score']:8.4f}  {where}"
+    return f"{d['verdict']:8} {d['score']:8.4f}  {one_line(where)}"
 
 
 def _add_explain(sub):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -12,8 +13,11 @@ from ..errors import BadInput
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
-# A 12k x 12k photo is fine; beyond this a file is more likely a decompression bomb than a photo.
-MAX_PIXELS = 200_000_000
+# fakescope's own pixel limit (README): 150 megapixels holds every phone and DSLR photo (100+ MP
+# exist); beyond it a file is more likely a decompression bomb than a photo. Pillow's own bomb
+# check (a warning at 89 MP) is silenced so that this limit, not Pillow's, decides; its error
+# (at 179 MP) is reported as this limit.
+MAX_PIXELS = 150_000_000
 # Huge JPEGs are decoded at reduced scale straight away (PIL's draft mode) to save memory.
 DRAFT_SIDE = 2048
 
@@ -22,6 +26,8 @@ def check_file(path: str | Path, what: str) -> Path:
     """The checks every reader makes first: the path exists, is a file, is not empty."""
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise BadInput(f"{path}: broken symbolic link (points to {os.readlink(path)})")
         raise BadInput(f"{path}: no such file")
     if path.is_dir():
         raise BadInput(f"{path}: is a folder, not {what}")
@@ -35,7 +41,7 @@ def load_rgb(path: str | Path) -> Image.Image:
     path = check_file(path, "an image")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
             if im.width * im.height > MAX_PIXELS:
                 raise BadInput(
@@ -48,8 +54,10 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise
     except UnidentifiedImageError:
         raise BadInput(f"{path}: not an image, or a format Pillow cannot read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadInput(f"{path}: image too large ({e})") from None
+    except Image.DecompressionBombError:
+        raise BadInput(
+            f"{path}: image too large (over the limit of {MAX_PIXELS:,} pixels)"
+        ) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise BadInput(f"{path}: corrupt or truncated image ({e})") from None
     try:
@@ -87,7 +95,8 @@ def list_files(paths) -> list[Path]:
                 sorted(
                     f
                     for f in p.rglob("*")
-                    if f.is_file()
+                    # a dangling link is kept: it gets an error row, not silence
+                    if (f.is_file() or (f.is_symlink() and not f.exists()))
                     and not any(part.startswith(".") for part in f.relative_to(p).parts)
                 )
             )
