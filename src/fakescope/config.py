@@ -7,6 +7,7 @@ live in one place.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import FakescopeError
@@ -169,6 +170,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Every value that can be wrong before anything runs, as one clear error."""
+        self._check_ranges()
         if not 1 <= self.steps <= 3:
             raise FakescopeError("--steps must be 1, 2 or 3")
         if len(self.freeze_stages) < self.steps:
@@ -198,6 +200,38 @@ class TrainConfig:
             raise FakescopeError("--time-budget sizes one training step: use it with --steps 1")
         if self.ema and not 0 < self.ema < 1:
             raise FakescopeError("--ema must be between 0 and 1 (e.g. 0.99), or 0 for off")
+
+    def _check_ranges(self) -> None:
+        def bad(name: str, want: str):
+            value = getattr(self, name)
+            return FakescopeError(f"--{name.replace('_', '-')} {value}: must be {want}")
+
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            raise bad("lr", "a positive number, e.g. 0.001")
+        epochs = (self.epochs,) if isinstance(self.epochs, int) else self.epochs
+        for name, values, low in (
+            ("batch_size", (self.batch_size,), 1),
+            ("epochs", epochs, 1),
+            ("patience", (self.patience,), 1),
+            ("input_size", (self.input_size,), 32),
+            ("workers", (self.workers,), 0),
+            ("max_train_batches", (self.max_train_batches,), 0),
+            ("limit_per_class", (self.limit_per_class,), 0),
+        ):
+            if any(v < low for v in values):
+                raise bad(name, f"a whole number of at least {low}")
+        for name in ("jpeg_prob", "blur_prob", "resize_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise bad(name, "a probability in 0..1")
+        lo, hi = self.jpeg_quality
+        if not 1 <= lo <= hi <= 100:
+            raise FakescopeError(
+                f"--jpeg-quality {lo},{hi}: must be LOW,HIGH with 1 <= LOW <= HIGH <= 100"
+            )
+        if not 0 < self.crop_scale <= 1:
+            raise bad("crop_scale", "in (0, 1]")
+        if self.face_margin < 0:
+            raise bad("face_margin", "0 (measure it) or a positive ratio, e.g. 1.3")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -103,11 +103,31 @@ def load_samples(root, splits_file=None, seed: int = 0, exclude=()) -> tuple[lis
         splits_file = root / "splits.csv"
     if splits_file is not None:
         samples, origin = read_splits(splits_file), str(splits_file)
+        check_present(samples, root, splits_file)
     else:
         samples, origin = stratified_split(scan(root), seed), f"stratified 70/15/15, seed {seed}"
+    return drop_generators(samples, exclude), origin
+
+
+def check_present(samples: list[Sample], root: Path, listed_in) -> None:
+    """Every listed file exists: found before any work, not after an epoch of training."""
+    missing = [s.path for s in samples if not (Path(root) / s.path).is_file()]
+    if missing:
+        raise FakescopeError(
+            f"{listed_in}: {len(missing)} listed file(s) not found under {root}, e.g. "
+            f"{missing[0]!r}; fix the list or restore the files"
+        )
+
+
+def drop_generators(samples: list[Sample], exclude) -> list[Sample]:
+    """The samples without the fakes of the generators named in ``exclude`` (any case)."""
     excluded = {e.lower() for e in exclude}
-    samples = [s for s in samples if not (s.label == 1 and s.source.lower() in excluded)]
-    return samples, origin
+    return [s for s in samples if not (s.label == 1 and s.source.lower() in excluded)]
+
+
+def generators(samples: list[Sample]) -> set[str]:
+    """The generator names of a data set's fakes (what --exclude can name)."""
+    return {s.source for s in samples if s.label == 1}
 
 
 def all_as(root, split="all") -> list[Sample]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import BadInput, FakescopeError
-from .folders import Sample, fingerprint, load_samples, write_splits
+from .folders import Sample, drop_generators, fingerprint, generators, load_samples, write_splits
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,12 @@ class Source:
 
 
 def load_sources(roots, seed: int = 0, exclude=(), limit_per_class: int = 0) -> list[Source]:
-    sources, names = [], set()
+    sources, names, found = [], set(), set()
     for r in roots:
         root = Path(r).resolve()
-        samples, origin = load_samples(root, seed=seed, exclude=exclude)
+        samples, origin = load_samples(root, seed=seed)
+        found |= {g.lower() for g in generators(samples)}
+        samples = drop_generators(samples, exclude)
         if limit_per_class:
             samples = _limit(samples, limit_per_class)
         name = root.name
@@ -55,6 +57,12 @@ def load_sources(roots, seed: int = 0, exclude=(), limit_per_class: int = 0) -> 
             name += "'"
         names.add(name)
         sources.append(Source(name, root, samples, origin))
+    unknown = sorted({e for e in exclude if e.lower() not in found})
+    if unknown:
+        raise FakescopeError(
+            f"--exclude {','.join(unknown)}: no generator of that name in the data (its "
+            f"generators: {', '.join(sorted(found)) or 'none'})"
+        )
     return sources
 
 

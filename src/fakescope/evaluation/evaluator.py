@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.dataset import ImageDataset, make_loader
-from ..data.folders import all_as, fingerprint, read_splits
+from ..data.folders import all_as, check_present, drop_generators, fingerprint, read_splits
 from ..data.transforms import Augment
 from ..errors import FakescopeError
 from ..runs import Run, load_run, write_json
@@ -42,18 +42,15 @@ def split_samples(run: Run, data: Path, split: str | None):
         split = "test" if (have_csv or same) else "all"
     if split == "all":
         return all_as(data), split
-    if have_csv:
-        samples = read_splits(data / "splits.csv")
-    elif same:
-        samples = read_splits(run.split_file)
-    else:
+    listed_in = data / "splits.csv" if have_csv else run.split_file
+    if not (have_csv or same):
         raise FakescopeError(
             f"{data}: no splits.csv, so --split {split} is undefined; use --split all"
         )
-    exclude = {e.lower() for e in run.meta.config.exclude} if same else set()
-    chosen = [
-        s for s in samples if s.split == split and not (s.label and s.source.lower() in exclude)
-    ]
+    chosen = [s for s in read_splits(listed_in) if s.split == split]
+    if same:
+        chosen = drop_generators(chosen, run.meta.config.exclude)
+    check_present(chosen, data, listed_in)
     return chosen, split
 
 

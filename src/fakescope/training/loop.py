@@ -103,11 +103,33 @@ def _sources(cfg: TrainConfig, resume: bool):
             have = {s.label for s in src.samples if s.split == split}
             need = {0} if cfg.real_only else {0, 1}
             if not need <= have:
-                missing = " and ".join(("real", "fake")[k] for k in sorted(need - have))
-                raise FakescopeError(f"{src.root}: no {missing} images in the {split} split")
+                lack = [("real", "fake")[k] for k in sorted(need - have)]
+                absent = [d for d in lack if not (src.root / d).is_dir()]
+                why = f" (there is no {src.root / absent[0]} folder)" if absent else ""
+                raise FakescopeError(
+                    f"{src.root}: no {' and '.join(lack)} images in the {split} split{why}"
+                )
     if resume and read_resume_state(out / "resume") is None:
         raise FakescopeError(f"{out}: nothing to resume (no {out / 'resume'}/state.json)")
+    _check_writable(out)
     return sources
+
+
+def _check_writable(out: Path) -> None:
+    """--out can be made and written to: found now, not after the first epoch."""
+    made = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".fakescope-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        for p in made:  # leave nothing behind
+            try:
+                p.rmdir()
+            except OSError:
+                pass
+        raise FakescopeError(f"--out {out}: cannot write there ({e.strerror or e})") from None
 
 
 def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path:
