@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from .config import DEFAULT_FACE_MARGIN, TrainConfig
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import FakescopeError
+from .faults import crash_point
 from .model.detector import Detector, is_supported
 
 META = "fakescope.json"
@@ -406,7 +407,11 @@ def load_run(path: str | Path) -> Run:
 
 def save_resume(folder: Path, model, optimizer, state: dict) -> None:
     """Model + Adam state as safetensors, counters as JSON (optimizer state flattened by hand
-    because safetensors holds only tensors)."""
+    because safetensors holds only tensors).
+
+    ``state.json`` is the commit: it names the tensor file it belongs to, which is written first
+    under a new name, so a kill at any instant leaves the previous commit whole or the new one.
+    Files no commit names any more are removed afterwards."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
@@ -414,23 +419,47 @@ def save_resume(folder: Path, model, optimizer, state: dict) -> None:
         for k, v in st.items():
             t = v if torch.is_tensor(v) else torch.tensor(v)
             tensors[f"opt.{pid}.{k}"] = t.detach().contiguous().cpu()
-    save_file(tensors, str(folder / "state.safetensors.tmp"))
-    (folder / "state.safetensors.tmp").replace(folder / "state.safetensors")
-    write_json(folder / "state.json", {**state, "param_groups": opt["param_groups"]})
+    name = f"state-{state['step']}-{state['epoch']}-{state['global']}.safetensors"
+    save_file(tensors, str(folder / (name + ".tmp")))
+    (folder / (name + ".tmp")).replace(folder / name)
+    crash_point("state")
+    write_json(
+        folder / "state.json", {**state, "tensors": name, "param_groups": opt["param_groups"]}
+    )
+    crash_point("commit")
+    keep = {name, state.get("best_file")}
+    for f in folder.glob("*.safetensors*"):
+        if f.name not in keep and f.name.startswith(("state", "best")):
+            f.unlink(missing_ok=True)
+
+
+def _committed(folder: Path) -> tuple[dict, Path] | None:
+    f = Path(folder) / "state.json"
+    if not f.exists():
+        return None
+    try:
+        state = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise FakescopeError(f"{f}: not valid JSON ({e})") from None
+    # runs before session 6 kept one tensor file under a fixed name
+    tensors = Path(folder) / state.get("tensors", "state.safetensors")
+    return (state, tensors) if tensors.exists() else None
 
 
 def read_resume_state(folder: Path) -> dict | None:
-    f = Path(folder) / "state.json"
-    if not f.exists() or not (Path(folder) / "state.safetensors").exists():
+    got = _committed(folder)
+    if got is None:
         return None
-    state = json.loads(f.read_text())
-    state.pop("param_groups", None)
+    state = dict(got[0])
+    for k in ("param_groups", "tensors"):
+        state.pop(k, None)
     return state
 
 
 def load_resume(folder: Path, model, optimizer=None) -> None:
     """Restore the model (and, when given, the optimizer) saved by ``save_resume``."""
-    tensors = load_file(str(Path(folder) / "state.safetensors"))
+    state, path = _committed(folder)
+    tensors = load_file(str(path))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if optimizer is None:
         return
@@ -439,5 +468,5 @@ def load_resume(folder: Path, model, optimizer=None) -> None:
         if k.startswith("opt."):
             _, pid, name = k.split(".", 2)
             opt_state.setdefault(int(pid), {})[name] = v
-    groups = json.loads((Path(folder) / "state.json").read_text())["param_groups"]
+    groups = state["param_groups"]
     optimizer.load_state_dict({"state": opt_state, "param_groups": groups})

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import DEFAULT_FACE_MARGIN, TrainConfig
 from ..evaluation import metrics as M
+from ..faults import crash_point
 from ..runs import WEIGHTS, new_meta, save_weights, write_meta
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def finish_run(cfg: TrainConfig, model, best_val, train_ds, sources, summaries, 
     thr["kde_intersection"] = M.kde_analysis(yv, s).get("main_intersection")
     model.freeze(0)
     save_weights(model, out / WEIGHTS)
+    crash_point("finish")
     meta = new_meta(
         cfg,
         {**thr, "n_val": int(len(yv))},

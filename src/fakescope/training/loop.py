@@ -27,6 +27,7 @@ from ..data.sources import SBI_SOURCE, BalancedSampler, load_sources, make_split
 from ..data.transforms import Augment
 from ..errors import FakescopeError
 from ..evaluation import metrics as M
+from ..faults import crash_point
 from ..model.detector import Detector
 from ..model.runtime import Runtime, select_runtime
 from ..runs import (
@@ -109,8 +110,8 @@ def _sources(cfg: TrainConfig, resume: bool):
                 raise FakescopeError(
                     f"{src.root}: no {' and '.join(lack)} images in the {split} split{why}"
                 )
-    if resume and read_resume_state(out / "resume") is None:
-        raise FakescopeError(f"{out}: nothing to resume (no {out / 'resume'}/state.json)")
+    if resume and not out.is_dir():
+        raise FakescopeError(f"{out}: nothing to resume (no such run folder)")
     _check_writable(out)
     return sources
 
@@ -137,6 +138,10 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
     calls this and they train one model together; otherwise ``cfg.procs`` > 1 spawns that many
     local processes that do the same."""
     cfg.check()
+    if resume and Path(cfg.out).is_dir() and read_resume_state(Path(cfg.out) / "resume") is None:
+        # killed before its first epoch was saved: nothing is lost by starting again
+        log.info("fakescope: %s has no saved epoch yet; starting from the beginning", cfg.out)
+        resume = False
     _sources(cfg, resume)  # fail here, before any process starts
     if Ranks.from_env().world == 1 and cfg.procs > 1:
         spawn(_process, cfg.procs, (cfg, progress, resume))
@@ -196,6 +201,7 @@ class Epoch:
                 self.ema.update_parameters(getattr(self.net, "module", self.net))
             if self.sched is not None:
                 self.sched.step()
+            crash_point("batch")
             seen += len(y)
             loss_sum += loss.item() * len(y)
             if self.probe is not None and b in (2, 12):  # two warm-up batches are not timed
@@ -265,6 +271,7 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
     def validate(scored, desc):
         scorer = Scorer(TorchBackend(scored, runtime), spec, cfg.batch_size)
         s, y, loss = scorer.score_loader(val_loader, desc, progress)
+        crash_point("validate")
         parts = ranks.gather((s, y, loss * len(y), val_names))
         s = np.concatenate([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts])
@@ -278,7 +285,7 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
         load_resume(resume_dir, model)  # optimizer state is restored in its own step below
         if lead:
             log.info("fakescope: resuming at step %d, epoch %d", state.step + 1, state.epoch + 1)
-    sink = LogSink(out, cfg.tensorboard, resume) if lead else None
+    sink = LogSink(out, cfg.tensorboard, resume, state.global_epoch) if lead else None
     if lead:
         procs = f", {ranks.world} processes" if ranks.world > 1 else ""
         log.info(
@@ -381,8 +388,10 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
             if improved:
                 best_state = {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
                 best_val = (s, yv)
-                if lead:  # for --resume after an interruption
-                    save_weights(scored, resume_dir / f"best_step{step + 1}.safetensors")
+                if lead:  # for --resume after an interruption; committed with the state
+                    state.best_file = f"best-{step + 1}-{epoch + 1}.safetensors"
+                    save_weights(scored, resume_dir / state.best_file)
+                    crash_point("best")
             state.epoch += 1
             state.global_epoch += 1
             if lead:
@@ -390,7 +399,8 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
         if best_state is None:  # resumed after the step's last epoch: its best is on disk
             from safetensors.torch import load_file
 
-            best_state = load_file(str(resume_dir / f"best_step{step + 1}.safetensors"))
+            best_file = state.best_file or f"best_step{step + 1}.safetensors"  # older runs
+            best_state = load_file(str(resume_dir / best_file))
         model.load_state_dict(ranks.share_state(best_state))
         state.next_step(cfg.freeze_stages[step])
         if lead:

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..faults import crash_point
+
 LOG_FIELDS = [
     "step",
     "epoch",
@@ -55,6 +57,7 @@ class TrainState:
     epoch: int = 0
     global_epoch: int = 0
     summaries: list = field(default_factory=list)
+    best_file: str | None = None  # in resume/: the current step's best weights so far
 
     def next_step(self, frozen_stages: int) -> None:
         self.summaries.append(
@@ -65,7 +68,7 @@ class TrainState:
                 "best_val_loss": self.stopping.best_loss,
             }
         )
-        self.step, self.epoch = self.step + 1, 0
+        self.step, self.epoch, self.best_file = self.step + 1, 0, None
         self.stopping = EarlyStopping(self.stopping.patience)
 
     def to_json(self) -> dict:
@@ -76,6 +79,7 @@ class TrainState:
             "best_loss": self.stopping.best_loss,
             "bad_epochs": self.stopping.bad_epochs,
             "summaries": self.summaries,
+            "best_file": self.best_file,
         }
 
     @classmethod
@@ -86,29 +90,44 @@ class TrainState:
             int(d["epoch"]),
             int(d.get("global", 0)),
             list(d.get("summaries", [])),
+            d.get("best_file"),
         )
 
 
 class LogSink:
-    """One place each epoch's numbers go: ``log.csv`` and, when asked, TensorBoard. Resuming
-    keeps the rows already written; a fresh run starts a fresh log."""
+    """One place each epoch's numbers go: ``log.csv`` and, when asked, TensorBoard.
 
-    def __init__(self, out: Path, tensorboard: bool, resume: bool):
+    ``log.csv`` is rewritten whole (to a temporary file, then renamed) for every row, so a kill
+    never leaves half a row; resuming keeps exactly the rows of the epochs the resume state
+    holds (``keep``), so an epoch logged but not committed before a kill is not logged twice."""
+
+    def __init__(self, out: Path, tensorboard: bool, resume: bool, keep: int = 0):
         self.path = Path(out) / "log.csv"
-        if not resume and self.path.exists():
-            self.path.unlink()
-        if not self.path.exists():
-            with open(self.path, "w", newline="") as fh:
-                csv.writer(fh).writerow(LOG_FIELDS)
+        self.rows: list[list[str]] = []
+        if resume and self.path.exists():
+            with open(self.path, newline="") as fh:
+                old = list(csv.reader(fh))[1:]
+            self.rows = [r for r in old if len(r) == len(LOG_FIELDS)][:keep]
+        self._rewrite()
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(Path(out) / "tb"))
+            # on resume, TensorBoard drops the events of epochs past the resume point
+            self.tb = SummaryWriter(str(Path(out) / "tb"), purge_step=keep if resume else None)
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(LOG_FIELDS)
+            w.writerows(self.rows)
+        crash_point("log")
+        tmp.replace(self.path)
 
     def write(self, row: dict, global_epoch: int) -> None:
-        with open(self.path, "a", newline="") as fh:
-            csv.writer(fh).writerow([row.get(k, "") for k in LOG_FIELDS])
+        self.rows.append([str(row.get(k, "")) for k in LOG_FIELDS])
+        self._rewrite()
         if self.tb is not None:
             for tag, key in (
                 ("loss/train", "train_loss"),
