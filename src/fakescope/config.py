@@ -202,6 +202,14 @@ class TrainConfig:
             raise FakescopeError("--ema must be between 0 and 1 (e.g. 0.99), or 0 for off")
 
     def _check_ranges(self) -> None:
+        for name, value in (
+            ("data", self.data),
+            ("out", (self.out,)),
+            ("weights", (self.weights,)),
+        ):
+            if any("\x00" in str(v) for v in value):
+                raise FakescopeError(f"--{name}: a path cannot contain a NUL byte")
+
         def bad(name: str, want: str):
             value = getattr(self, name)
             return FakescopeError(f"--{name.replace('_', '-')} {value}: must be {want}")
@@ -223,6 +231,8 @@ class TrainConfig:
         for name in ("jpeg_prob", "blur_prob", "resize_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise bad(name, "a probability in 0..1")
+        if len(self.jpeg_quality) != 2:
+            raise FakescopeError("--jpeg-quality: give two numbers LOW,HIGH, e.g. 60,100")
         lo, hi = self.jpeg_quality
         if not 1 <= lo <= hi <= 100:
             raise FakescopeError(

@@ -179,7 +179,6 @@ class RunMeta:
         if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
             raise FakescopeError(f"{where}: weights.sha256: {sha!r:.80} is not a SHA-256 digest")
         data = d.get("data", {})
-        sources = data["sources"] if fmt >= 2 else [_source_of_format1(data)]
         if not isinstance(data, dict) or (
             fmt >= 2
             and not (
@@ -188,6 +187,7 @@ class RunMeta:
             )
         ):
             raise FakescopeError(f"{where}: data.sources: expected a list of data sources")
+        sources = data["sources"] if fmt >= 2 else [_source_of_format1(data, where)]
         known = {"format", "model", "threshold", "faces", "train", "data", "weights"}
         spec_keys = {"backbone", "head", "input_size", "fit", "mean", "std", "tta", "precision"}
         extra = {k: v for k, v in d.items() if k not in known}
@@ -263,11 +263,13 @@ def _spec(m: dict, train: dict, where: str) -> ModelSpec:
                      picked["tta"] == "hflip", picked["precision"])  # fmt: skip
 
 
-def _source_of_format1(data: dict) -> dict:
+def _source_of_format1(data: dict, where: str) -> dict:
     """Format 1 stored the data root as typed on the command line, relative to wherever
     training ran: it cannot be made absolute after the fact, so it is kept as a hint and the
     fingerprint decides whether evaluation sees the same data."""
     root = data.get("root", "")
+    if not isinstance(root, str):
+        raise FakescopeError(f"{where}: data.root: {root!r:.40} is not a folder name")
     return {
         "root": root if Path(root).is_absolute() else None,
         "root_as_given": root,
@@ -314,9 +316,11 @@ def write_meta(out: Path, meta: RunMeta) -> None:
 def read_meta(path: str | Path) -> RunMeta:
     f = Path(path) / META
     try:
-        d = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise FakescopeError(f"{f}: not valid JSON ({e})") from None
+        d = json.loads(f.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise FakescopeError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise FakescopeError(f"{f}: not valid JSON ({str(e)[:200]})") from None
     if not isinstance(d, dict):
         raise FakescopeError(f"{f}: not a fakescope run description")
     return RunMeta.from_json(d, str(f))
@@ -362,6 +366,38 @@ class Run:
         return self.path / "split.csv"
 
 
+def read_weights(weights_file: Path, meta: RunMeta, want: dict) -> dict:
+    """The run's weights, checked before use: the checksum in the JSON, a readable safetensors
+    file (never a pickle), and every tensor the model ``want``s, each of its shape."""
+    if meta.weights_sha256 and sha256_of(weights_file) != meta.weights_sha256:
+        raise FakescopeError(
+            f"{weights_file}: checksum does not match the one in {META} (the weights were "
+            "changed or damaged after training)"
+        )
+    try:
+        # safetensors never unpickles: a pickle renamed .safetensors is refused, not run
+        state = load_file(str(weights_file))
+    except Exception as e:  # SafetensorError, OSError: the message says which
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise FakescopeError(
+            f"{weights_file}: not a readable safetensors file ({type(e).__name__}: {reason})"
+        ) from None
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    shaped = [k for k in want if k in state and state[k].shape != want[k].shape]
+    typed = [k for k in want if k in state and state[k].dtype != want[k].dtype]
+    if missing or unexpected or shaped or typed:
+        parts = [f"{len(v)} {what} such as {v[0]!r}" for v, what in
+                 ((missing, "missing"), (unexpected, "unexpected"), (shaped, "of another shape"),
+                  (typed, "of another type")) if v]  # fmt: skip
+        s = meta.spec
+        raise FakescopeError(
+            f"{weights_file}: weights do not fit {s.backbone}/{s.head} at {s.input_size}px "
+            f"({', '.join(parts)})"
+        )
+    return state
+
+
 def load_run(path: str | Path) -> Run:
     path = Path(path)
     meta_file, weights_file = path / META, path / WEIGHTS
@@ -371,33 +407,9 @@ def load_run(path: str | Path) -> Run:
             "make one with `fakescope train`)"
         )
     meta = read_meta(path)
-    if meta.weights_sha256 and sha256_of(weights_file) != meta.weights_sha256:
-        raise FakescopeError(
-            f"{weights_file}: checksum does not match the one in {META} (the weights were "
-            "changed or damaged after training)"
-        )
     s = meta.spec
     model = Detector(s.backbone, s.head, s.input_size, weights="none")
-    try:
-        # safetensors never unpickles: a pickle renamed .safetensors is refused, not run
-        state = load_file(str(weights_file))
-    except Exception as e:  # SafetensorError, OSError: the message says which
-        raise FakescopeError(
-            f"{weights_file}: not a readable safetensors file ({type(e).__name__}: {e})"
-        ) from None
-    want = model.state_dict()
-    missing = [k for k in want if k not in state]
-    unexpected = [k for k in state if k not in want]
-    shaped = [k for k in want if k in state and state[k].shape != want[k].shape]
-    if missing or unexpected or shaped:
-        parts = [f"{len(v)} {what} such as {v[0]!r}" for v, what in
-                 ((missing, "missing"), (unexpected, "unexpected"), (shaped, "of another shape"))
-                 if v]  # fmt: skip
-        raise FakescopeError(
-            f"{weights_file}: weights do not fit {s.backbone}/{s.head} at {s.input_size}px "
-            f"({', '.join(parts)})"
-        )
-    model.load_state_dict(state)
+    model.load_state_dict(read_weights(weights_file, meta, model.state_dict()))
     model.eval()
     return Run(path, meta, model)
 

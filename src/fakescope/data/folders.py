@@ -71,18 +71,42 @@ def stratified_split(items, seed: int = 0, fractions=(0.7, 0.15, 0.15)) -> list[
 
 
 def read_splits(path: str | Path) -> list[Sample]:
+    """``path,label,split`` rows (any column order, extra columns ignored); every way the file
+    can be bad is one FakescopeError naming the file and the line."""
     out = []
-    with open(path, newline="") as fh:
-        for i, row in enumerate(csv.DictReader(fh), start=2):
-            try:
-                label = LABELS[row["label"].strip()]
-                split = row["split"].strip()
-                if split not in SPLITS:
-                    raise KeyError(split)
-            except KeyError as e:
-                raise FakescopeError(f"{path}:{i}: bad row {row} ({e})") from None
-            out.append(Sample(row["path"].strip(), label, split, _source(row["path"].strip())))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            cols = set(reader.fieldnames or [])
+            if not {"path", "label", "split"} <= cols:
+                raise FakescopeError(
+                    f"{path}: header must name the columns path,label,split "
+                    f"(found: {','.join(sorted(c for c in cols if c)) or 'nothing'})"
+                )
+            for i, row in enumerate(reader, start=2):
+                rel = (row.get("path") or "").strip()
+                label = (row.get("label") or "").strip()
+                split = (row.get("split") or "").strip()
+                bad = (
+                    "no path" if not rel
+                    else f"label {label!r} is not real or fake" if label not in LABELS
+                    else f"split {split!r} is not one of {', '.join(SPLITS)}" if split not in SPLITS
+                    else "the path leaves the data folder" if _escapes(rel)
+                    else None
+                )  # fmt: skip
+                if bad:
+                    raise FakescopeError(f"{path}:{i}: {bad}")
+                out.append(Sample(rel, LABELS[label], split, _source(rel)))
+    except UnicodeDecodeError as e:
+        raise FakescopeError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise FakescopeError(f"{path}: not a readable CSV file ({e})") from None
     return out
+
+
+def _escapes(rel: str) -> bool:
+    p = Path(rel)
+    return p.is_absolute() or ".." in p.parts
 
 
 def write_splits(samples: list[Sample], path: str | Path, sources: list[str] | None = None) -> None:

@@ -24,6 +24,8 @@ DRAFT_SIDE = 2048
 
 def check_file(path: str | Path, what: str) -> Path:
     """The checks every reader makes first: the path exists, is a file, is not empty."""
+    if "\x00" in str(path):
+        raise BadInput(f"{str(path)!r}: a file name cannot contain a NUL byte")
     path = Path(path)
     if not path.exists():
         if path.is_symlink():
@@ -90,7 +92,7 @@ def list_files(paths) -> list[Path]:
     whatever its extension, so that a bad one is reported rather than silently passed over."""
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
+        if "\x00" not in str(p) and p.is_dir():
             out.extend(
                 sorted(
                     f
