@@ -128,3 +128,18 @@ def sample_frames(path: str | Path, count: int = 16) -> list[tuple[int, float, I
             stacklevel=2,
         )
     return kept
+
+
+def duration_seconds(path: str | Path) -> float | None:
+    """The video's length as its container states it (None when it states none); a file that
+    cannot be opened raises BadInput."""
+    container = _open(Path(path))
+    try:
+        stream = container.streams.video[0]
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+        if container.duration is not None:
+            return container.duration / 1_000_000  # av.time_base: microseconds
+        return None
+    finally:
+        container.close()

@@ -52,6 +52,16 @@ class _Unit:
     row: Row
 
 
+@dataclass
+class Prepared:
+    """A decoded file after the face stage, waiting for its scores (``Predictor.prepare_file``)."""
+
+    path: Path
+    name: str
+    units: list[_Unit]
+    rows: list[Row]
+
+
 def _kind(path: Path) -> str:
     return "video" if is_video(path) else "image"
 
@@ -129,9 +139,36 @@ class Predictor:
             units.append(_Unit(crop, row))
         return units
 
-    def _file_units(self, path: Path) -> tuple[list[_Unit], list[Row]]:
+    def prepare_file(self, path: Path, name: str | None = None) -> Prepared:
+        """Decode one file and run the face stage: what the model will see, and the rows that
+        are already final (errors, "no face"). ``name`` (default: the path) is what rows show;
+        the service passes the uploaded file's name and keeps its own private path. Never
+        raises for a bad file: the error becomes the file's row."""
+        path = Path(path)
+        p = str(path) if name is None else name
+        try:
+            units, rows = self._file_units(path, p)
+        except BadInput as e:
+            msg = str(e).replace(str(path), p)
+            units, rows = [], [Row(p, error=msg, kind=_kind(path))]
+        except Exception as e:  # last resort: one odd file must not end the batch
+            units, rows = [], [Row(p, error=f"{p}: {type(e).__name__}: {e}", kind=_kind(path))]
+        return Prepared(path, p, units, rows)
+
+    def finish_file(self, prep: Prepared, scores, explain: bool = False) -> list[Row]:
+        """The file's rows, given the scores of ``prep.units`` (in order)."""
+        for u, s in zip(prep.units, scores, strict=True):
+            u.row.score = round(float(s), 6)
+            u.row.verdict = self.verdict(float(s))
+        if explain and prep.units:
+            from .explain import unit_overlays
+
+            for u, ov in zip(prep.units, unit_overlays(self, prep.units), strict=True):
+                u.row.extra["overlay"] = ov
+        return [*prep.rows, *self._summarise(prep.path, prep.units, prep.name)]
+
+    def _file_units(self, path: Path, p: str) -> tuple[list[_Unit], list[Row]]:
         """Units to score and rows that are already final (errors, no-face notes)."""
-        p = str(path)
         if is_video(path):
             from ..data.video import sample_frames
 
@@ -161,32 +198,20 @@ class Predictor:
         chunk = max(1, self.batch_size)
         bar = tqdm(total=len(files), desc="predicting", unit="file", disable=not self.progress)
         for start in range(0, len(files), chunk):
-            group = files[start : start + chunk]
-            per_file: list[tuple[Path, list[_Unit], list[Row]]] = []
-            for f in group:
-                try:
-                    units, rows = self._file_units(f)
-                except BadInput as e:
-                    units, rows = [], [Row(str(f), error=str(e), kind=_kind(f))]
-                except Exception as e:  # last resort: one odd file must not end the batch
-                    units, rows = (
-                        [],
-                        [Row(str(f), error=f"{f}: {type(e).__name__}: {e}", kind=_kind(f))],
-                    )
-                per_file.append((f, units, rows))
-            all_units = [u for _, units, _ in per_file for u in units]
-            self._score(all_units)
-            if explain_dir is not None and all_units:
-                from ..scoring.explain import write_overlays
+            preps = [self.prepare_file(f) for f in files[start : start + chunk]]
+            all_units = [u for prep in preps for u in prep.units]
+            scores = iter(self.scorer.score_images([u.image for u in all_units]))
+            for prep in preps:
+                rows = self.finish_file(prep, [next(scores) for _ in prep.units])
+                if explain_dir is not None and prep.units:
+                    from ..scoring.explain import write_overlays
 
-                write_overlays(self, all_units, Path(explain_dir))
-            for f, units, rows in per_file:
+                    write_overlays(self, prep.units, Path(explain_dir))  # sets row.explanation
                 yield from rows
-                yield from self._summarise(f, units)
-            bar.update(len(group))
+            bar.update(len(preps))
         bar.close()
 
-    def _summarise(self, f: Path, units: list[_Unit]):
+    def _summarise(self, f: Path, units: list[_Unit], name: str):
         rows = [u.row for u in units]
         if not is_video(f) or not rows:
             yield from rows
@@ -196,7 +221,7 @@ class Predictor:
             by_frame[r.frame] = max(by_frame.get(r.frame, 0.0), r.score)
         score = video_score(list(by_frame.values()))
         yield Row(
-            str(f),
+            name,
             score=round(score, 6),
             verdict=self.verdict(score),
             kind="video",
