@@ -71,3 +71,11 @@ def small_run(tmp_path_factory, torch_home):
     )
     train(cfg, progress=False)
     return out
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--page-screenshot",
+        default=None,
+        help="where test_page saves a screenshot of the page with a group photo (for the docs)",
+    )

@@ -32,7 +32,7 @@ def _add_serve(sub):
     p.add_argument("--max-file-mb", type=float, default=25.0)
     p.add_argument("--max-files", type=int, default=16, help="files per request")
     p.add_argument("--max-video-seconds", type=float, default=600.0)
-    p.add_argument("--max-inflight", type=int, default=64, help="requests at once; then 503")
+    p.add_argument("--max-inflight", type=int, default=256, help="requests at once; then 503")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request; then 504")
     p.set_defaults(func=cmd_serve)
 

@@ -44,7 +44,7 @@ class Limits:
     max_file_mb: float = 25.0  # per uploaded file
     max_files: int = 16  # per request
     max_video_seconds: float = 600.0
-    max_inflight: int = 64  # requests being handled; more get 503 + Retry-After
+    max_inflight: int = 256  # requests being handled; more get 503 + Retry-After
     timeout: float = 60.0  # seconds per request; then 504
     max_batch: int = 16  # images per forward pass; 1 = no micro-batching
     max_wait_ms: float = 5.0  # how long a batch waits for more requests
@@ -101,7 +101,9 @@ def create_app(predictor, limits: Limits | None = None, api_key: str | None = No
         batch_sizes.observe(len(images))
         return predictor.scorer.score_images(images)
 
-    batcher = MicroBatcher(score, limits.max_batch, limits.max_wait_ms / 1000)
+    # every admitted request's files fit in the queue: admission (max_inflight) is the limit
+    queue = limits.max_inflight * limits.max_files
+    batcher = MicroBatcher(score, limits.max_batch, limits.max_wait_ms / 1000, queue)
     workdir = Path(tempfile.mkdtemp(prefix="fakescope-serve-"))
     os.chmod(workdir, 0o700)
     state = {"ready": False, "inflight": 0}
