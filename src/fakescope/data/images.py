@@ -60,8 +60,11 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise BadInput(
             f"{path}: image too large (over the limit of {MAX_PIXELS:,} pixels)"
         ) from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise BadInput(f"{path}: corrupt or truncated image ({e})") from None
+    except Exception as e:  # noqa: BLE001  Pillow's plugins raise a zoo on hostile bytes
+        reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        raise BadInput(f"{path}: unreadable image ({reason})") from None
     try:
         im = ImageOps.exif_transpose(im)
     except Exception:  # a broken EXIF block should not cost the image itself
