@@ -129,9 +129,7 @@ def main(argv=None) -> int:
               f"{r['p95']:.2f} s, p99 {r['p99']:.2f} s; statuses {r['statuses']}; connection "
               f"errors {r['connection_errors']}", flush=True)  # fmt: skip
     base = cli_rate(a.run, images, a.faces)
-    print(
-        f"fakescope predict on the same {len(images)} images: {base:.1f} img/s (start-up included)"
-    )
+    print(f"fakescope predict on the same {len(images)} images: {base:.1f} img/s (model loaded)")
     for mode, r in results.items():
         print(f"  {mode}: {r['images_per_s'] / base:.2f}x the CLI's rate")
     return 0
