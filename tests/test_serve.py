@@ -240,3 +240,30 @@ def test_api_key_and_a_full_server_answer_clearly(small_run, tmp_path):
     finally:
         s.close()
     assert SG.is_dir()
+
+
+def test_videos_get_frame_scores_and_a_length_limit(server, tmp_path):
+    from .videos import write_video
+
+    face = Image.open(sg_images("fake", n=1)[0]).convert("RGB")
+    short = write_video(tmp_path / "short.mp4", [face] * 6, fps=5)
+    r = _post(server, [("short.mp4", short.read_bytes())])
+    assert r.status_code == 200
+    rows = r.json()["files"][0]["rows"]
+    kinds = [row["kind"] for row in rows]
+    assert kinds[0] == "video" and kinds.count("frame") >= 3 and rows[0]["score"] is not None
+    small = face.resize((64, 64))
+    long = write_video(tmp_path / "long.mp4", [small] * 310, fps=5)  # 62 s, limit 60
+    r = _post(server, [("long.mp4", long.read_bytes())])
+    assert r.status_code == 413 and "exceeds the limit of 60 s" in r.json()["files"][0]["error"]
+
+
+def test_a_request_over_its_time_limit_gets_504(small_run, tmp_path):
+    s = Server(small_run, tmp_path, "--timeout", "0.05")
+    try:
+        img = sg_images("real", n=1)[0]
+        r = _post(s, [(img.name, img.read_bytes())] * 3, explain=True)
+        assert r.status_code == 504 and "longer than 0.05 s" in r.json()["error"]
+        assert httpx.get(s.url + "/healthz").status_code == 200
+    finally:
+        s.close()
