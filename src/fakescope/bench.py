@@ -110,12 +110,20 @@ def run_bench(backbone="resnet50", size=299, batch=16, iters=3, device="auto") -
     baseline = {mode: rate(mode, base, False) for mode in modes}
     fast = select_runtime(device, fast=True)
     results = {}
+    # where the fast path autocasts, the same path in fp32 too: what the lower precision adds
+    fast32 = select_runtime(device, fast=True, precision="fp32") if fast.amp_dtype else None
     for mode in modes:
         r = {"baseline": baseline[mode], "fast": rate(mode, fast, True)}
+        if fast32 is not None:
+            r["fast_fp32"] = rate(mode, fast32, True)
         results[mode] = {**r, "ratio": r["fast"] / r["baseline"]}
         path = fast.describe() + (", BN folded" if mode == "inference" else "")
-        print(
+        line = (
             f"  {mode:9}: baseline fp32 eager {r['baseline']:7.2f} img/s   "
             f"{path:48} {r['fast']:7.2f} img/s   ratio {results[mode]['ratio']:.2f}x"
         )
+        if fast32 is not None:
+            line += f"   (same path in fp32: {r['fast_fp32']:.2f} img/s, autocast "
+            line += f"{r['fast'] / r['fast_fp32']:.2f}x)"
+        print(line)
     return results
