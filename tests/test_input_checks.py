@@ -48,8 +48,8 @@ def test_excluding_a_generator_that_is_not_there_is_an_error(tmp_path, capsys):
 @pytest.mark.parametrize(
     "flag, value, message",
     [
-        ("--lr", "-1", "--lr -1.0: must be a positive number"),
-        ("--lr", "nan", "--lr nan: must be a positive number"),
+        ("--lr", "-1", "--lr -1.0: must be a number of at least 0"),
+        ("--lr", "nan", "--lr nan: must be a number of at least 0"),
         ("--batch-size", "0", "--batch-size 0: must be a whole number of at least 1"),
         ("--epochs", "0", "--epochs 0: must be a whole number of at least 1"),
         ("--jpeg-prob", "2", "--jpeg-prob 2.0: must be a probability"),

@@ -214,8 +214,9 @@ class TrainConfig:
             value = getattr(self, name)
             return FakescopeError(f"--{name.replace('_', '-')} {value}: must be {want}")
 
-        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
-            raise bad("lr", "a positive number, e.g. 0.001")
+        # 0 is allowed: the weights stay as they start (a baseline, and the tests' reference)
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr >= 0):
+            raise bad("lr", "a number of at least 0, e.g. 0.001")
         epochs = (self.epochs,) if isinstance(self.epochs, int) else self.epochs
         for name, values, low in (
             ("batch_size", (self.batch_size,), 1),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -121,9 +122,10 @@ def _check_writable(out: Path) -> None:
     made = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".fakescope-write-test"
+        # one probe per process: under torchrun every process checks at once
+        probe = out / f".fakescope-write-test-{os.getpid()}"
         probe.write_bytes(b"")
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as e:
         for p in made:  # leave nothing behind
             try:
