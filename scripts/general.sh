@@ -4,7 +4,7 @@
 # forensic augmentation of both classes (JPEG q30-100, blur, down-and-up resize: chosen on the
 # validation split, clean and perturbed) and the demo's recipe otherwise (mobilenet_v2, GAP,
 # 299 px, every layer, Adam 2e-4, 4 of 5 cosine epochs, batch 8, mirror TTA). Then it is scored
-# on every data set's test split (fakescope matrix). About 25 minutes of training on a 2-core
+# on every data set's test split (fakescope matrix). About 21 minutes of training on a 2-core
 # CPU; BUDGET=MINUTES sizes the epochs to a budget instead. The paper's recipe and the demo
 # stay as they are (README).
 set -euo pipefail
