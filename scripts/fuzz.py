@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import resource
 import signal
 import sys
@@ -21,8 +20,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the targets live with the tests (tests/fuzz_targets.py)
-
-TARGETS = ["image", "video", "splits", "run_json", "weights", "command_line"]
 
 
 class Hang(Exception):
@@ -42,29 +39,7 @@ def campaign(name: str, n: int, timeout: int, folder: Path, run_dir: Path | None
 
     from tests import fuzz_targets as T
 
-    if name == "image":
-        strategy, check = T.mutated(T.image_seeds()), T.check_image
-    elif name == "video":
-        strategy, check = T.mutated([T.video_seed(folder)]), T.check_video
-    elif name == "splits":
-        strategy, check = T.splits_text(), T.check_splits
-    elif name == "run_json":
-        valid = json.loads((run_dir / "fakescope.json").read_text())
-        strategy, check = T.run_json(valid), T.check_run_json
-    elif name == "weights":
-        from fakescope.runs import load_run
-
-        r = load_run(run_dir)
-        want, seed = r.model.state_dict(), (run_dir / "model.safetensors").read_bytes()
-        r.meta.weights_sha256 = None  # else the checksum alone catches every mutation
-
-        def check(data, folder):
-            return T.check_weights(data, folder, r.meta, want)
-
-        strategy = T.mutated([seed[:4096] + seed[-4096:], seed])
-    else:
-        strategy, check = T.command_lines(), T.check_command_line
-
+    strategy, check = T.target(name, folder, run_dir)
     outcomes: collections.Counter = collections.Counter()
 
     @settings(max_examples=n, deadline=None, database=None, derandomize=False,
@@ -73,7 +48,7 @@ def campaign(name: str, n: int, timeout: int, folder: Path, run_dir: Path | None
     def run(data):
         signal.alarm(timeout)
         try:
-            outcomes[check(data, folder)] += 1
+            outcomes[check(data)] += 1
         finally:
             signal.alarm(0)
 
@@ -96,6 +71,8 @@ def tiny_run(folder: Path) -> Path:
 
 
 def main(argv=None) -> int:
+    from tests.fuzz_targets import TARGETS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("targets", nargs="*", help=f"any of {', '.join(TARGETS)} (default: all)")
     p.add_argument("--examples", type=int, default=10_000, help="inputs per target")

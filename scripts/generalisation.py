@@ -13,7 +13,6 @@ columns only; the test columns are reported.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 # scripts/ is on sys.path when a script there runs: the sweep runner is recipe_sweep's
-from recipe_sweep import run_sweep
+from recipe_sweep import run_sweep, sweep_parser
 
 BASE = dict(
     backbone="mobilenet_v2",
@@ -148,18 +147,10 @@ def summarise(csv_path: Path) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("recipes", nargs="+", choices=sorted(RECIPES))
+    p = sweep_parser(__doc__, RECIPES, "0", "runs/generalisation")
     p.add_argument("--data-dir", default="../shared/data")
-    p.add_argument("--weights", default="../shared/weights/mobilenet_v2-b0353104.pth")
-    p.add_argument("--seeds", default="0", help="e.g. 0-2 or 0,3")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once (each its own process)")
-    p.add_argument("--workers", type=int, default=2, help="data-loading workers per run")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run")
-    p.add_argument("--fp32", action="store_true", help="no autocast/TF32 on a GPU")
     p.add_argument("--landmarks", default="auto", help="auto, dlib68 or mtcnn5")
-    p.add_argument("--limit", type=int, default=0, help="images per class and split (smoke)")
-    p.add_argument("--out", default="runs/generalisation")
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     csv_path = Path(args.out) / "cells.csv"

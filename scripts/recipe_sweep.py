@@ -135,17 +135,24 @@ def run_sweep(run_one, recipes, args, csv_path: Path, fields, after=None) -> Non
                 after(csv_path)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("recipes", nargs="+", choices=sorted(RECIPES))
-    p.add_argument("--data", default="../shared/data/sg-ffhq")
+def sweep_parser(doc: str, recipes, seeds: str, out: str) -> argparse.ArgumentParser:
+    """The options every sweep script shares (recipes, weights, seeds, jobs, workers, fp32,
+    limit, out); each script adds its own."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("recipes", nargs="+", choices=sorted(recipes))
     p.add_argument("--weights", default="../shared/weights/mobilenet_v2-b0353104.pth")
-    p.add_argument("--seeds", default="0-2", help="e.g. 0-4 or 0,3,7")
+    p.add_argument("--seeds", default=seeds, help="e.g. 0-4 or 0,3,7")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (each its own process)")
     p.add_argument("--workers", type=int, default=2, help="data-loading workers per run")
     p.add_argument("--fp32", action="store_true", help="no autocast/TF32 on a GPU")
     p.add_argument("--limit", type=int, default=0, help="images per class and split (smoke)")
-    p.add_argument("--out", default="runs/sweep")
+    p.add_argument("--out", default=out)
+    return p
+
+
+def main(argv=None) -> int:
+    p = sweep_parser(__doc__, RECIPES, "0-2", "runs/sweep")
+    p.add_argument("--data", default="../shared/data/sg-ffhq")
     p.add_argument("--csv", default=None, help="results file (default OUT/sweep.csv)")
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)

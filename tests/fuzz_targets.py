@@ -271,3 +271,29 @@ def check_command_line(argv: list[str], folder: Path) -> str:
 
 def scratch() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="fakescope-fuzz-")
+
+
+TARGETS = ["image", "video", "splits", "run_json", "weights", "command_line"]
+
+
+def target(name: str, folder: Path, run_dir: Path | None = None):
+    """(strategy, check) for one target, ``check(input)`` bound to the scratch ``folder``;
+    ``run_dir`` (a real run) seeds the run_json and weights targets."""
+    if name == "image":
+        return mutated(image_seeds()), lambda d: check_image(d, folder)
+    if name == "video":
+        return mutated([video_seed(folder)]), lambda d: check_video(d, folder)
+    if name == "splits":
+        return splits_text(), lambda d: check_splits(d, folder)
+    if name == "run_json":
+        valid = json.loads((run_dir / "fakescope.json").read_text())
+        return run_json(valid), lambda d: check_run_json(d, folder)
+    if name == "weights":
+        from fakescope.runs import load_run
+
+        r = load_run(run_dir)
+        want, seed = r.model.state_dict(), (run_dir / "model.safetensors").read_bytes()
+        r.meta.weights_sha256 = None  # else the checksum alone catches every mutation
+        strategy = mutated([seed[:4096] + seed[-4096:], seed])
+        return strategy, lambda d: check_weights(d, folder, r.meta, want)
+    return command_lines(), lambda argv: check_command_line(argv, folder)

@@ -4,7 +4,6 @@ inputs per target) is scripts/fuzz.py; its counts are in docs/robustness.md."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -26,64 +25,13 @@ def folder():
         yield Path(d)
 
 
-def test_image_bytes(folder):
+@pytest.mark.parametrize("name", T.TARGETS)
+def test_every_input_ends_as_a_result_or_one_line(name, folder, small_run):
+    strategy, check = T.target(name, folder, small_run)
+
     @SHORT
-    @given(T.mutated(T.image_seeds()))
+    @given(strategy)
     def run(data):
-        T.check_image(data, folder)
-
-    run()
-
-
-def test_video_bytes(folder):
-    @SHORT
-    @given(T.mutated([T.video_seed(folder)]))
-    def run(data):
-        T.check_video(data, folder)
-
-    run()
-
-
-def test_splits_csv(folder):
-    @SHORT
-    @given(T.splits_text())
-    def run(data):
-        T.check_splits(data, folder)
-
-    run()
-
-
-def test_run_json(small_run, folder):
-    valid = json.loads((small_run / "fakescope.json").read_text())
-
-    @SHORT
-    @given(T.run_json(valid))
-    def run(data):
-        T.check_run_json(data, folder)
-
-    run()
-
-
-def test_weights_files(small_run, folder):
-    from fakescope.runs import load_run
-
-    r = load_run(small_run)
-    want = r.model.state_dict()
-    seed = (small_run / "model.safetensors").read_bytes()
-    r.meta.weights_sha256 = None  # else every mutation is caught by the checksum alone
-
-    @SHORT
-    @given(T.mutated([seed[:4096] + seed[-4096:], seed]))
-    def run(data):
-        T.check_weights(data, folder, r.meta, want)
-
-    run()
-
-
-def test_command_lines(folder):
-    @SHORT
-    @given(T.command_lines())
-    def run(argv):
-        T.check_command_line(argv, folder)
+        check(data)
 
     run()

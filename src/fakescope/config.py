@@ -184,10 +184,10 @@ class TrainConfig:
                 f"--batch-size ({self.batch_size}) must be a multiple of --procs ({self.procs})"
             )
         for name in ("fit", "head", "lr_schedule", "faces", "precision"):
-            choices = _FIELDS[name].metadata["choices"]
-            if getattr(self, name) not in choices:
+            allowed = choices(name)
+            if getattr(self, name) not in allowed:
                 flag = "--" + name.replace("_", "-")
-                raise FakescopeError(f"{flag} must be one of {', '.join(choices)}")
+                raise FakescopeError(f"{flag} must be one of {', '.join(allowed)}")
         if self.lr_epochs < 0:
             raise FakescopeError("--lr-epochs must be 0 (the step's epochs) or more")
         if not self.data:
@@ -258,3 +258,8 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def choices(name: str) -> tuple:
+    """The allowed values of a TrainConfig field (what --NAME accepts; what a run may store)."""
+    return tuple(_FIELDS[name].metadata["choices"])

@@ -11,3 +11,7 @@ class WeightsUnavailable(FakescopeError):
 
 class BadInput(FakescopeError):
     """One input file cannot be used; the batch it belongs to goes on."""
+
+
+class TooLarge(BadInput):
+    """An input over a size limit (pixels): the service answers 413 rather than 422."""

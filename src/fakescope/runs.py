@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import DEFAULT_FACE_MARGIN, TrainConfig
+from .config import DEFAULT_FACE_MARGIN, TrainConfig, choices
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import FakescopeError
 from .faults import crash_point
@@ -205,9 +205,8 @@ class RunMeta:
         )
 
 
-FACE_MODES = ("never", "auto", "always")
-CHOICES = {"head": ("flatten", "gap"), "fit": ("resize", "pad"), "precision": ("auto", "fp32"),
-           "tta": ("none", "hflip")}  # fmt: skip
+FACE_MODES = choices("faces")
+CHOICES = {**{k: choices(k) for k in ("head", "fit", "precision")}, "tta": ("none", "hflip")}
 
 
 def _section(d: dict, name: str, where: str) -> dict:
@@ -240,13 +239,13 @@ def _spec(m: dict, train: dict, where: str) -> ModelSpec:
     if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 4096:
         raise FakescopeError(f"{where}: model.input_size: {size!r:.40} is not a size in 16..4096")
     picked = {}
-    for key, choices in CHOICES.items():
+    for key, allowed in CHOICES.items():
         default = {"head": None, "fit": "resize", "tta": "none"}.get(key)
         if key == "precision":
             default = train.get("precision", "auto")
         v = m.get(key, default)
-        if v not in choices:
-            state = "missing" if v is None else f"{v!r:.40} is not one of {', '.join(choices)}"
+        if v not in allowed:
+            state = "missing" if v is None else f"{v!r:.40} is not one of {', '.join(allowed)}"
             raise FakescopeError(f"{where}: model.{key}: {state}")
         picked[key] = v
     norm = {}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import BadInput
+from ..errors import BadInput, TooLarge
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -46,7 +46,7 @@ def load_rgb(path: str | Path) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
             if im.width * im.height > MAX_PIXELS:
-                raise BadInput(
+                raise TooLarge(
                     f"{path}: image too large ({im.width}x{im.height} pixels, limit {MAX_PIXELS:,})"
                 )
             if im.format == "JPEG" and max(im.size) > DRAFT_SIDE:
@@ -57,7 +57,7 @@ def load_rgb(path: str | Path) -> Image.Image:
     except UnidentifiedImageError:
         raise BadInput(f"{path}: not an image, or a format Pillow cannot read") from None
     except Image.DecompressionBombError:
-        raise BadInput(
+        raise TooLarge(
             f"{path}: image too large (over the limit of {MAX_PIXELS:,} pixels)"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:

@@ -60,6 +60,7 @@ class Prepared:
     name: str
     units: list[_Unit]
     rows: list[Row]
+    failure: BadInput | None = None  # why the file could not be used, when it could not
 
 
 def _kind(path: Path) -> str:
@@ -150,7 +151,7 @@ class Predictor:
             units, rows = self._file_units(path, p)
         except BadInput as e:
             msg = str(e).replace(str(path), p)
-            units, rows = [], [Row(p, error=msg, kind=_kind(path))]
+            return Prepared(path, p, [], [Row(p, error=msg, kind=_kind(path))], e)
         except Exception as e:  # last resort: one odd file must not end the batch
             units, rows = [], [Row(p, error=f"{p}: {type(e).__name__}: {e}", kind=_kind(path))]
         return Prepared(path, p, units, rows)

@@ -32,7 +32,8 @@ from prometheus_client import (
 )
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import BadInput
+from ..data.images import is_video
+from ..errors import BadInput, TooLarge
 from ..messages import one_line
 from .batcher import Busy, MicroBatcher
 
@@ -186,12 +187,12 @@ def create_app(predictor, limits: Limits | None = None, api_key: str | None = No
         except _Refused as r:
             return {"name": name, "status": r.status, "error": r.message, "rows": []}
         errors = [r["error"] for r in rows if r["error"]]
-        status = 200 if len(errors) < len(rows) else (413 if "too large" in errors[0] else 422)
+        status = 200 if len(errors) < len(rows) else 422
         return {"name": name, "status": status, "error": errors[0] if status != 200 else None,
                 "rows": rows, "ms": round((time.perf_counter() - t0) * 1000, 1)}  # fmt: skip
 
     async def _score_file(private: Path, name: str, explain: bool) -> list[dict]:
-        if private.suffix in (".mp4", ".mkv", ".avi", ".mpg"):
+        if is_video(private):
             from ..data.video import duration_seconds
 
             try:
@@ -203,6 +204,8 @@ def create_app(predictor, limits: Limits | None = None, api_key: str | None = No
                                     f"{limits.max_video_seconds:g} s")  # fmt: skip
         async with prepare_slots:
             prep = await run_in_threadpool(predictor.prepare_file, private, name)
+        if isinstance(prep.failure, TooLarge):
+            raise _Refused(413, prep.rows[0].error)
         try:
             scores = await batcher.score([u.image for u in prep.units])
         except Busy:

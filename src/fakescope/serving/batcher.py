@@ -21,7 +21,6 @@ class MicroBatcher:
         images (more when one request alone has more); ``max_batch=1`` turns batching off."""
         self.score_fn, self.max_batch, self.max_wait = score, max(1, max_batch), max_wait
         self.max_queue = max_queue
-        self.batches: list[int] = []  # images per forward pass, for /metrics
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fakescope-model")
@@ -66,7 +65,6 @@ class MicroBatcher:
                     if not fut.done():
                         fut.set_exception(e)
                 continue
-            self.batches.append(len(images))
             i = 0
             for imgs, fut in batch:
                 if not fut.done():

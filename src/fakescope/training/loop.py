@@ -113,7 +113,6 @@ def _sources(cfg: TrainConfig, resume: bool):
                 )
     if resume and not out.is_dir():
         raise FakescopeError(f"{out}: nothing to resume (no such run folder)")
-    _check_writable(out)
     return sources
 
 
@@ -145,6 +144,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> Path
         log.info("fakescope: %s has no saved epoch yet; starting from the beginning", cfg.out)
         resume = False
     _sources(cfg, resume)  # fail here, before any process starts
+    _check_writable(Path(cfg.out))
     if Ranks.from_env().world == 1 and cfg.procs > 1:
         spawn(_process, cfg.procs, (cfg, progress, resume))
     else:
