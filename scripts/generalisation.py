@@ -59,6 +59,9 @@ RECIPES = {
     "sg_jpeg": dict(data=(SG,), **JPEG),
     "both_nojpeg": dict(data=(SG, LFW)),
     "both_sbi_nojpeg": dict(data=(SG, LFW), sbi=0.5),
+    # must-show 2 (session 7): is the fake-free run under-trained? SBI's paper trains 100
+    # epochs; here 10 of a 12-epoch cosine instead of 4 of 5
+    "sbi_only_e10": dict(data=(SG, LFW), sbi=1.0, real_only=True, epochs=10, lr_epochs=12, **JPEG),
     "sbi_only_aug": dict(
         data=(SG, LFW),
         sbi=1.0,
