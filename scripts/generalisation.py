@@ -38,6 +38,8 @@ BASE = dict(
 # JPEG re-compression of both classes alike wherever lfw-faceswap is in the data: its classes
 # were saved at different qualities (../shared/README.md), a shortcut the model must not learn.
 JPEG = dict(jpeg_prob=0.5, jpeg_quality=(60, 100))
+# issue 10 item 7's stronger forensic augmentation (the general recipe's)
+AUG = dict(jpeg_prob=0.5, jpeg_quality=(30, 100), blur_prob=0.3, resize_prob=0.3)
 SG, LFW = "sg-ffhq", "lfw-faceswap"
 RECIPES = {
     "sg": dict(data=(SG,)),  # the demo recipe
@@ -46,31 +48,19 @@ RECIPES = {
     "sbi_only": dict(data=(SG, LFW), sbi=1.0, real_only=True, **JPEG),
     "both_sbi": dict(data=(SG, LFW), sbi=0.5, **JPEG),
     # issue 10 item 7: stronger forensic augmentation on top of both_sbi
-    "both_sbi_aug": dict(
-        data=(SG, LFW),
-        sbi=0.5,
-        jpeg_prob=0.5,
-        jpeg_quality=(30, 100),
-        blur_prob=0.3,
-        resize_prob=0.3,
-    ),  # fmt: skip
+    "both_sbi_aug": dict(data=(SG, LFW), sbi=0.5, **AUG),
     # why does training on both sets cost sg-ffhq? (docs/results.md §6): JPEG augmentation on
     # StyleGAN faces alone, and the two-set recipes without it
     "sg_jpeg": dict(data=(SG,), **JPEG),
     "both_nojpeg": dict(data=(SG, LFW)),
     "both_sbi_nojpeg": dict(data=(SG, LFW), sbi=0.5),
+    # must-show 3 (session 7): the general recipe (both_sbi_aug) with one output unit per
+    # source of fakes, so the StyleGAN cue and the blending cue need not share one unit
+    "both_sbi_aug_heads": dict(data=(SG, LFW), sbi=0.5, source_heads=True, **AUG),
     # must-show 2 (session 7): is the fake-free run under-trained? SBI's paper trains 100
     # epochs; here 10 of a 12-epoch cosine instead of 4 of 5
     "sbi_only_e10": dict(data=(SG, LFW), sbi=1.0, real_only=True, epochs=10, lr_epochs=12, **JPEG),
-    "sbi_only_aug": dict(
-        data=(SG, LFW),
-        sbi=1.0,
-        real_only=True,
-        jpeg_prob=0.5,
-        jpeg_quality=(30, 100),
-        blur_prob=0.3,
-        resize_prob=0.3,
-    ),  # fmt: skip
+    "sbi_only_aug": dict(data=(SG, LFW), sbi=1.0, real_only=True, **AUG),
 }
 FIELDS = ["recipe", "seed", "train_s", "epochs", "split", "data", "auc", "ap", "f1",
           "precision", "recall", "threshold", "in_domain"]  # fmt: skip

@@ -77,15 +77,19 @@ def test_pseudo_fakes_in_the_dataset(sources, tmp_path, monkeypatch):
     assert changed.mean() < 0.6 and h == w
 
 
-def test_a_run_on_two_sources_with_only_pseudo_fakes(tmp_path, monkeypatch):
+def train_tiny(tmp_path, monkeypatch, **kw):
+    """A one-epoch mobilenet_v2 run at 64 px on 6 images per class of each sample set."""
     monkeypatch.setenv("FAKESCOPE_CACHE", str(tmp_path / "cache"))
     cfg = TrainConfig(
         data=(str(SG), str(LFW)), out=str(tmp_path / "run"), backbone="mobilenet_v2",
         head="gap", weights="imagenet", input_size=64, batch_size=8, epochs=1, steps=1,
-        limit_per_class=6, sbi=1.0, real_only=True, tensorboard=False, time_budget=0.75,
-        patience=100,
+        limit_per_class=6, tensorboard=False, patience=100, **kw,
     )  # fmt: skip
-    run = train(cfg, progress=False)
+    return train(cfg, progress=False)
+
+
+def test_a_run_on_two_sources_with_only_pseudo_fakes(tmp_path, monkeypatch):
+    run = train_tiny(tmp_path, monkeypatch, sbi=1.0, real_only=True, time_budget=0.75)
     meta = json.loads((run / "fakescope.json").read_text())
     assert [s["name"] for s in meta["data"]["sources"]] == ["sg-ffhq", "lfw-faceswap"]
     assert all(len(s["sha256"]) == 64 for s in meta["data"]["sources"])
@@ -109,3 +113,45 @@ def test_source_checks_name_what_is_missing(tmp_path):
     with pytest.raises(Exception, match="no fake images in the train split"):
         train(cfg, progress=False)
     assert not (tmp_path / "run").exists()  # nothing half-made
+
+
+def test_a_fake_teaches_only_its_own_sources_head():
+    import torch
+
+    from fakescope.training.loop import source_head_loss
+
+    logits = torch.zeros(3, 2, requires_grad=True)
+    head = torch.tensor([0, -1, 1])  # a fake of source 0, a real image, a fake of source 1
+    source_head_loss(logits, head).backward()
+    g = logits.grad
+    assert g[0, 0] < 0 and g[0, 1] == 0  # pushed up on its own head, silent on the other
+    assert g[2, 1] < 0 and g[2, 0] == 0
+    assert (g[1] > 0).all()  # a real image pushes every head down
+    # with one head it is plain binary cross-entropy
+    one = torch.tensor([[0.3], [-1.2], [2.0]])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(one[:, 0], torch.tensor([1, 0, 1.0]))
+    assert torch.isclose(source_head_loss(one, torch.tensor([0, -1, 0])), bce)
+
+
+def test_a_run_with_per_source_heads(tmp_path, monkeypatch):
+    import torch
+
+    from fakescope.model.detector import inference_model
+    from fakescope.runs import load_run
+
+    run = train_tiny(tmp_path, monkeypatch, sbi=0.5, source_heads=True)
+    meta = json.loads((run / "fakescope.json").read_text())
+    assert meta["model"]["heads"] == ["lfw-faceswap", "sbi", "sg-ffhq"]
+    model = load_run(run).model
+    assert model.fc.out_features == 3
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        units = model.fc(model.pool(model.features(x)))
+        assert torch.allclose(model(x), units.amax(1, keepdim=True))  # the score: the highest
+        assert units.std(0).gt(0).all() and not torch.allclose(units[:, 0], units[:, 2])
+        assert torch.allclose(inference_model(model)(x), model(x), atol=1e-5)
+    # a run description that names fewer heads than the weights have is refused
+    meta["model"]["heads"] = ["a", "b"]
+    (run / "fakescope.json").write_text(json.dumps(meta))
+    with pytest.raises(Exception, match="fc.weight"):
+        load_run(run)

@@ -108,6 +108,12 @@ class TrainConfig:
         "train and validate without any fake image of the data: the fakes are the self-blended "
         "ones (needs --sbi)",
     )
+    source_heads: bool = opt(
+        False,
+        "one output unit per source of fakes (each --data folder's, and the self-blended "
+        "ones): a fake teaches only its own source's unit, a real image every unit, and the "
+        "score is the highest unit's. For sources whose cues conflict (docs/results.md §8)",
+    )
     landmarks: str = opt(
         "auto",
         "landmarks for the SBI masks: dlib68 (not for commercial use), mtcnn5, or auto (dlib "

@@ -81,12 +81,23 @@ class ModelSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     tta: bool = False  # average each image's logit with its mirror image's
     precision: str = "auto"  # "auto" (autocast where fast) or "fp32"
+    heads: tuple[str, ...] = ()  # per-source output units (model/detector.py); () = one unit
 
     @classmethod
-    def of_config(cls, cfg: TrainConfig) -> ModelSpec:
+    def of_config(cls, cfg: TrainConfig, heads: tuple[str, ...] = ()) -> ModelSpec:
         return cls(
-            cfg.backbone, cfg.head, cfg.input_size, cfg.fit, tta=cfg.tta, precision=cfg.precision
+            cfg.backbone,
+            cfg.head,
+            cfg.input_size,
+            cfg.fit,
+            tta=cfg.tta,
+            precision=cfg.precision,
+            heads=tuple(heads),
         )
+
+    def detector(self) -> Detector:
+        """An untrained network of this shape, for weights to be loaded into."""
+        return Detector(self.backbone, self.head, self.input_size, "none", self.heads)
 
 
 @dataclass
@@ -129,6 +140,7 @@ class RunMeta:
             "std": list(s.std),
             "tta": "hflip" if s.tta else "none",
             "precision": s.precision,
+            **({"heads": list(s.heads)} if s.heads else {}),
             **self.extra.get("model", {}),
         }
         threshold = {**self.thresholds, "value": self.threshold}
@@ -189,7 +201,8 @@ class RunMeta:
             raise FakescopeError(f"{where}: data.sources: expected a list of data sources")
         sources = data["sources"] if fmt >= 2 else [_source_of_format1(data, where)]
         known = {"format", "model", "threshold", "faces", "train", "data", "weights"}
-        spec_keys = {"backbone", "head", "input_size", "fit", "mean", "std", "tta", "precision"}
+        spec_keys = {"backbone", "head", "input_size", "fit", "mean", "std", "tta", "precision",
+                     "heads"}  # fmt: skip
         extra = {k: v for k, v in d.items() if k not in known}
         extra["model"] = {k: v for k, v in m.items() if k not in spec_keys}
         return cls(
@@ -258,8 +271,15 @@ def _spec(m: dict, train: dict, where: str) -> ModelSpec:
             want = "three finite numbers" + (" above 0" if key == "std" else "")
             raise FakescopeError(f"{where}: model.{key}: {v!r:.60} is not {want}")
         norm[key] = tuple(float(x) for x in v)
+    heads = m.get("heads", [])
+    if not (
+        isinstance(heads, list)
+        and len(heads) <= 64
+        and all(isinstance(h, str) and 0 < len(h) <= 200 for h in heads)
+    ):
+        raise FakescopeError(f"{where}: model.heads: {heads!r:.60} is not a list of source names")
     return ModelSpec(backbone, picked["head"], size, picked["fit"], norm["mean"], norm["std"],
-                     picked["tta"] == "hflip", picked["precision"])  # fmt: skip
+                     picked["tta"] == "hflip", picked["precision"], tuple(heads))  # fmt: skip
 
 
 def _source_of_format1(data: dict, where: str) -> dict:
@@ -279,10 +299,11 @@ def _source_of_format1(data: dict, where: str) -> dict:
     }
 
 
-def new_meta(cfg: TrainConfig, thresholds: dict, faces: dict, sources: list[dict], **extra):
+def new_meta(cfg: TrainConfig, thresholds: dict, faces: dict, sources: list[dict],
+             heads: tuple[str, ...] = (), **extra):  # fmt: skip
     """The metadata of a run that training has just finished."""
     return RunMeta(
-        ModelSpec.of_config(cfg),
+        ModelSpec.of_config(cfg, heads),
         float(thresholds["youden"]),
         {"criterion": "youden", **thresholds, "computed_on": "val"},
         faces,
@@ -407,7 +428,7 @@ def load_run(path: str | Path) -> Run:
         )
     meta = read_meta(path)
     s = meta.spec
-    model = Detector(s.backbone, s.head, s.input_size, weights="none")
+    model = s.detector()
     model.load_state_dict(read_weights(weights_file, meta, model.state_dict()))
     model.eval()
     return Run(path, meta, model)

@@ -146,6 +146,13 @@ class Split:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def fake_sources(self) -> list[str | None]:
+        """Per image: the source of its fake (``sbi`` for a pseudo-fake), or None if real."""
+        return [
+            src if (b or s.label) else None
+            for s, b, src in zip(self.samples, self.blend, self.source, strict=True)
+        ]
+
     def counts(self) -> dict:
         out: dict[str, int] = {}
         for s, b, src in zip(self.samples, self.blend, self.source, strict=True):

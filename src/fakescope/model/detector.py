@@ -4,6 +4,11 @@ The paper's head (``flatten``) flattens the last feature map and feeds it to one
 its size depends on the input: ResNet-50 at 299 px gives 2048x10x10 features and a head of
 204,800 weights + 1 bias. ``gap`` averages the map first (the usual ImageNet head).
 
+With ``heads`` named (one per source of fakes, e.g. ``("lfw-faceswap", "sg-ffhq", "sbi")``) the
+head has one unit per source: training teaches each unit its own source's fakes against every
+real image (training/loop.py), and scoring takes the highest unit, so the model still gives
+one logit wherever it is used.
+
 Every backbone is cut into five stages (``stem``, ``stage1``..``stage4``) so that the progressive
 freezing of the three training steps means the same thing across families.
 """
@@ -65,13 +70,16 @@ def _trunk_and_stages(net: nn.Module, family: str) -> tuple[nn.Sequential, list[
 
 
 class Detector(nn.Module):
-    def __init__(self, backbone="resnet50", head="flatten", input_size=299, weights="none"):
+    def __init__(self, backbone="resnet50", head="flatten", input_size=299, weights="none",
+                 heads: tuple[str, ...] = ()):  # fmt: skip
         super().__init__()
         if head not in ("flatten", "gap"):
             raise FakescopeError(f"head {head!r} is not supported; use 'flatten' or 'gap'")
         family = _family(backbone)
         net = build_backbone(backbone, weights)
         self.backbone_name, self.head_name, self.input_size = backbone, head, input_size
+        self.head_names = tuple(heads)
+        units = max(1, len(self.head_names))
         self.freeze_bn = False  # True: BatchNorm keeps its running statistics while training
         self.features, self._stages = _trunk_and_stages(net, family)
         with torch.no_grad():
@@ -82,14 +90,19 @@ class Detector(nn.Module):
         self.feature_shape = (int(c), int(h), int(w))
         if head == "flatten":
             self.pool = nn.Flatten()
-            self.fc = nn.Linear(int(c * h * w), 1)
+            self.fc = nn.Linear(int(c * h * w), units)
         else:
             self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-            self.fc = nn.Linear(int(c), 1)
+            self.fc = nn.Linear(int(c), units)
 
     def forward(self, x):
-        """Returns the fake logit, shape (N, 1); sigmoid gives the probability of 'fake'."""
-        return self.fc(self.pool(self.features(x)))
+        """Returns the fake logit, shape (N, 1); sigmoid gives the probability of 'fake'.
+        A model with per-source heads returns every unit's logit, (N, heads), while training
+        (as torchvision's Inception returns its auxiliary logits) and the highest otherwise."""
+        z = self.fc(self.pool(self.features(x)))
+        if self.fc.out_features > 1 and not self.training:
+            return z.amax(dim=1, keepdim=True)
+        return z
 
     @property
     def target_layer(self) -> nn.Module:

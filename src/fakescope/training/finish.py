@@ -61,12 +61,14 @@ def finish_run(cfg: TrainConfig, model, best_val, train_ds, sources, summaries, 
         {**thr, "n_val": int(len(yv))},
         face_framing(cfg, train_ds),
         [src.describe() for src in sources],
+        model.head_names,
         steps=summaries,
         runtime=runtime.describe() + (f", {world} processes" if world > 1 else ""),
         model={
             "feature_shape": list(model.feature_shape),
             "head_parameters": model.head_parameters(),
-            "output": "one logit; sigmoid gives P(fake)",
+            "output": "one logit; sigmoid gives P(fake)"
+            + ("; the highest of the heads' logits" if model.head_names else ""),
         },
         **extra,
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -165,6 +166,35 @@ def _process(cfg: TrainConfig, progress: bool, resume: bool) -> None:
         ranks.leave()
 
 
+def source_heads(cfg: TrainConfig, tr) -> tuple[tuple[str, ...], torch.Tensor | None]:
+    """With ``cfg.source_heads``: the heads' names (the training split's sources of fakes) and,
+    per training image, the head its fake teaches (-1 for a real image, which teaches all)."""
+    if not cfg.source_heads:
+        return (), None
+    kinds = tr.fake_sources()
+    names = tuple(sorted({k for k in kinds if k is not None}))
+    index = {n: i for i, n in enumerate(names)}
+    return names, torch.tensor([index.get(k, -1) for k in kinds], dtype=torch.long)
+
+
+def source_head_loss(logits: torch.Tensor, head: torch.Tensor, smooth: float = 0.0):
+    """Binary cross-entropy of per-source heads, (N, K) logits: a fake (``head`` >= 0) is a
+    positive for its own head only and says nothing to the others, so a cue that marks one
+    source's fakes is never punished by another's; a real image (-1) is a negative for every
+    head. Each image weighs the same whatever its number of terms."""
+    fake = head >= 0
+    mask = torch.ones_like(logits)
+    mask[fake] = 0
+    target = torch.zeros_like(logits)
+    rows = fake.nonzero().squeeze(1)
+    mask[rows, head[rows]] = 1
+    target[rows, head[rows]] = 1
+    per = F.binary_cross_entropy_with_logits(
+        logits, target * (1 - smooth) + smooth / 2, reduction="none"
+    )
+    return ((per * mask).sum(1) / mask.sum(1)).mean()
+
+
 @dataclass
 class Epoch:
     """What one training epoch needs besides the data: the thing to call forward on (the model
@@ -181,6 +211,8 @@ class Epoch:
     n_batches: int
     # called once with the seconds per batch, measured over batches 3-12 of the first epoch
     probe: object | None = None
+    # per training image, the per-source head its fake teaches (source_heads); None: one head
+    head_of: torch.Tensor | None = None
 
     def run(self, loader, desc: str, progress: bool) -> tuple[float, int]:
         """One pass over this process's loader; returns (summed BCE loss, images seen)."""
@@ -188,13 +220,17 @@ class Epoch:
         bce = nn.BCEWithLogitsLoss()
         t0, seen, loss_sum = time.time(), 0, 0.0
         bar = tqdm(total=self.n_batches, desc=desc, disable=not progress, unit="batch")
-        for b, (x, y, _) in enumerate(loader):
+        for b, (x, y, idx) in enumerate(loader):
             if b >= self.n_batches:
                 break
             x, y = self.runtime.batch(x), y.float().to(self.runtime.device)
             with self.runtime.autocast():
-                logit = self.net(x).float().squeeze(1)
-            loss = bce(logit, y * (1 - self.smooth) + self.smooth / 2)
+                logit = self.net(x).float()
+            if self.head_of is None:
+                loss = bce(logit.squeeze(1), y * (1 - self.smooth) + self.smooth / 2)
+            else:
+                head = self.head_of[idx].to(self.runtime.device)
+                loss = source_head_loss(logit, head, self.smooth)
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)
@@ -260,12 +296,13 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
     if lead:
         out.mkdir(parents=True, exist_ok=True)
         write_split_file(sources, out / "split.csv")
-    seed_everything(cfg.seed)
-    spec = ModelSpec.of_config(cfg)
-    model = Detector(cfg.backbone, cfg.head, cfg.input_size, cfg.weights)
+    train_ds, val_ds, val_names, balanced, tr, blender = _datasets(cfg, sources, ranks, progress)
+    heads, head_of = source_heads(cfg, tr)
+    seed_everything(cfg.seed)  # the head's initial weights depend on nothing above
+    spec = ModelSpec.of_config(cfg, heads)
+    model = Detector(cfg.backbone, cfg.head, cfg.input_size, cfg.weights, heads)
     model.freeze_bn = cfg.freeze_bn
     model = runtime.prepare(model)
-    train_ds, val_ds, val_names, balanced, tr, blender = _datasets(cfg, sources, ranks, progress)
     val_loader = make_loader(val_ds, cfg.batch_size, workers=cfg.workers)
     # fp16 gradients underflow without loss scaling; a disabled scaler is a no-op elsewhere
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
@@ -325,6 +362,7 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
             cfg.label_smoothing,
             ranks.world,
             n_batches,
+            head_of=head_of,
         )
         best_state, best_val = None, None  # the best epoch's weights and validation scores
 
