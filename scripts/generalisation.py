@@ -13,7 +13,6 @@ columns only; the test columns are reported.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -21,20 +20,9 @@ import time
 from pathlib import Path
 
 # scripts/ is on sys.path when a script there runs: the sweep runner is recipe_sweep's
-from recipe_sweep import run_sweep, sweep_parser
+from recipe_sweep import DEMO, SCORE_FIELDS, run_sweep, score_rows, summarise, sweep_parser
 
-BASE = dict(
-    backbone="mobilenet_v2",
-    head="gap",
-    steps=1,
-    epochs=4,
-    lr_epochs=5,
-    lr=2e-4,
-    lr_schedule="cosine",
-    batch_size=8,
-    tta=True,
-    tensorboard=False,
-)
+BASE = dict(DEMO, epochs=4, lr_epochs=5, tensorboard=False)
 # JPEG re-compression of both classes alike wherever lfw-faceswap is in the data: its classes
 # were saved at different qualities (../shared/README.md), a shortcut the model must not learn.
 JPEG = dict(jpeg_prob=0.5, jpeg_quality=(60, 100))
@@ -62,15 +50,13 @@ RECIPES = {
     "sbi_only_e10": dict(data=(SG, LFW), sbi=1.0, real_only=True, epochs=10, lr_epochs=12, **JPEG),
     "sbi_only_aug": dict(data=(SG, LFW), sbi=1.0, real_only=True, **AUG),
 }
-FIELDS = ["recipe", "seed", "train_s", "epochs", "split", "data", "auc", "ap", "f1",
-          "precision", "recall", "threshold", "in_domain"]  # fmt: skip
+FIELDS = ["recipe", "seed", "train_s", "epochs", *SCORE_FIELDS]
 
 
 def run_one(recipe: str, seed: int, args) -> list[dict]:
     import torch
 
     from fakescope import TrainConfig, train
-    from fakescope.evaluation.crossset import cross_matrix
 
     torch.set_num_threads(args.threads)
     out = Path(args.out) / f"{recipe}-s{seed}"
@@ -91,52 +77,9 @@ def run_one(recipe: str, seed: int, args) -> list[dict]:
     train(cfg, progress=False)
     secs = time.time() - t0
     epochs = sum(s["epochs"] for s in json.loads((out / "fakescope.json").read_text())["steps"])
-    rows = []
     sets = [Path(args.data_dir) / d for d in (SG, LFW)]
-    for split in ("val", "test"):
-        m = cross_matrix(
-            [out], sets, split=split, out=out / f"matrix-{split}", progress=False,
-            batch_size=64, limit=args.limit,
-        )  # fmt: skip
-        for c in m["cells"]:
-            rows.append(
-                {
-                    "recipe": recipe,
-                    "seed": seed,
-                    "train_s": round(secs, 1),
-                    "epochs": epochs,
-                    "split": split,
-                    "data": c["data"],
-                    **{k: round(c[k], 4) for k in ("auc", "ap", "f1", "precision", "recall")},
-                    "threshold": round(c["threshold"], 4),
-                    "in_domain": c["in_domain"],
-                }
-            )
-    return rows
-
-
-def summarise(csv_path: Path) -> str:
-    """Mean ± standard deviation over seeds per recipe, split and data set, as markdown."""
-    import numpy as np
-
-    rows = list(csv.DictReader(open(csv_path)))
-    cells: dict = {}
-    for r in rows:
-        cells.setdefault((r["recipe"], r["split"], r["data"]), []).append(r)
-    lines = ["| recipe | split | data | seeds | AUC | AP | F1 at stored thr | train s |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (recipe, split, data), rs in sorted(cells.items()):
-
-        def ms(k, rs=rs):
-            v = np.array([float(r[k]) for r in rs])
-            return f"{v.mean():.4f} ± {v.std():.4f}" if len(v) > 1 else f"{v[0]:.4f}"
-
-        secs = np.mean([float(r["train_s"]) for r in rs])
-        lines.append(
-            f"| {recipe} | {split} | {data} | {len(rs)} | {ms('auc')} | {ms('ap')} | "
-            f"{ms('f1')} | {secs:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
+    head = {"recipe": recipe, "seed": seed, "train_s": round(secs, 1), "epochs": epochs}
+    return [{**head, **r} for r in score_rows(out, sets, args.limit)]
 
 
 def main(argv=None) -> int:

@@ -22,18 +22,19 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
-# A base recipe (scripts/demo.sh trains `ep4h5`: 4 of 5 cosine epochs) and
-# variations of it, each a set of TrainConfig overrides.
-BASE = dict(
+# The demo's recipe less its epochs (scripts/demo.sh trains 4 of 5 cosine epochs); the sweep
+# scripts build their bases on it
+DEMO = dict(
     backbone="mobilenet_v2",
     head="gap",
     steps=1,
-    epochs=3,
     lr=2e-4,
     lr_schedule="cosine",
     batch_size=8,
     tta=True,
 )
+# A base recipe and variations of it, each a set of TrainConfig overrides (`ep4h5` is the demo)
+BASE = dict(DEMO, epochs=3)
 RECIPES = {
     "base": {},
     "ep4": dict(epochs=4),
@@ -96,6 +97,62 @@ def run_one(recipe: str, seed: int, args) -> dict:
             row["test_errors"] = m["confusion"]["fp"] + m["confusion"]["fn"]
             row["test_f1_at_f1_thr"] = round(m["at_f1_threshold"]["f1"], 4)
     return row
+
+
+SCORE_FIELDS = ["split", "data", "auc", "ap", "f1", "precision", "recall", "threshold",
+                "in_domain"]  # fmt: skip
+
+
+def score_rows(run: Path, sets: list[Path], limit: int = 0) -> list[dict]:
+    """``run`` scored on the val and test splits of every data set in ``sets`` (its stored
+    threshold for F1, precision and recall): one row of SCORE_FIELDS per split and set."""
+    from fakescope.evaluation.crossset import cross_matrix
+
+    rows = []
+    for split in ("val", "test"):
+        m = cross_matrix(
+            [run], sets, split=split, out=run / f"matrix-{split}", progress=False,
+            batch_size=64, limit=limit,
+        )  # fmt: skip
+        for c in m["cells"]:
+            rows.append(
+                {
+                    "split": split,
+                    "data": c["data"],
+                    **{k: round(c[k], 4) for k in ("auc", "ap", "f1", "precision", "recall")},
+                    "threshold": round(c["threshold"], 4),
+                    "in_domain": c["in_domain"],
+                }
+            )
+    return rows
+
+
+def summarise(csv_path: Path, key: str = "recipe", order=None) -> str:
+    """Mean ± standard deviation over seeds per ``key``, split and data set, as markdown; rows
+    in ``order`` of ``key`` (default sorted)."""
+    import numpy as np
+
+    rows = list(csv.DictReader(open(csv_path)))
+    cells: dict = {}
+    for r in rows:
+        cells.setdefault((r[key], r["split"], r["data"]), []).append(r)
+    rank = {k: i for i, k in enumerate(order or [])}
+    lines = [f"| {key} | split | data | seeds | AUC | AP | F1 at stored thr | train s |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (name, split, data), rs in sorted(
+        cells.items(), key=lambda kv: (rank.get(kv[0][0], len(rank)), kv[0])
+    ):
+
+        def ms(k, rs=rs):
+            v = np.array([float(r[k]) for r in rs])
+            return f"{v.mean():.4f} ± {v.std():.4f}" if len(v) > 1 else f"{v[0]:.4f}"
+
+        secs = np.mean([float(r["train_s"]) for r in rs])
+        lines.append(
+            f"| {name} | {split} | {data} | {len(rs)} | {ms('auc')} | {ms('ap')} | "
+            f"{ms('f1')} | {secs:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def parse_seeds(text: str) -> list[int]:

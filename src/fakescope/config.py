@@ -163,6 +163,11 @@ class TrainConfig:
     )
     max_train_batches: int = opt(0, "cap on batches per epoch (smoke runs)")
     limit_per_class: int = opt(0, "use at most N images per class and split (smoke runs)")
+    train_fraction: float = opt(
+        1.0,
+        "share of each class's training images to train on, drawn with --seed (data-size "
+        "experiments); validation and test stay whole",
+    )
     tensorboard: bool = opt(True, "no TensorBoard log", flag="--no-tensorboard")
 
     def __post_init__(self):
@@ -238,6 +243,8 @@ class TrainConfig:
         for name in ("jpeg_prob", "blur_prob", "resize_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise bad(name, "a probability in 0..1")
+        if not 0 < self.train_fraction <= 1:
+            raise bad("train_fraction", "a share in (0, 1], e.g. 0.25")
         if len(self.jpeg_quality) != 2:
             raise FakescopeError("--jpeg-quality: give two numbers LOW,HIGH, e.g. 60,100")
         lo, hi = self.jpeg_quality

@@ -43,7 +43,11 @@ class Source:
         }
 
 
-def load_sources(roots, seed: int = 0, exclude=(), limit_per_class: int = 0) -> list[Source]:
+def load_sources(
+    roots, seed: int = 0, exclude=(), limit_per_class: int = 0, train_fraction: float = 1.0
+) -> list[Source]:
+    """The data folders as sources; ``train_fraction`` < 1 keeps that share of each class's
+    training images (drawn with ``seed``), validation and test untouched."""
     sources, names, found = [], set(), set()
     for r in roots:
         root = Path(r).resolve()
@@ -52,6 +56,8 @@ def load_sources(roots, seed: int = 0, exclude=(), limit_per_class: int = 0) -> 
         samples = drop_generators(samples, exclude)
         if limit_per_class:
             samples = _limit(samples, limit_per_class)
+        if train_fraction < 1:
+            samples = _train_share(samples, train_fraction, seed)
         name = root.name
         while name in names:  # two folders of the same name stay apart
             name += "'"
@@ -64,6 +70,16 @@ def load_sources(roots, seed: int = 0, exclude=(), limit_per_class: int = 0) -> 
             f"generators: {', '.join(sorted(found)) or 'none'})"
         )
     return sources
+
+
+def _train_share(samples, fraction: float, seed: int):
+    rng = random.Random(seed)
+    dropped = set()
+    for label in (0, 1):
+        train = [i for i, s in enumerate(samples) if s.split == "train" and s.label == label]
+        keep = max(1, round(len(train) * fraction)) if train else 0
+        dropped |= set(train) - set(rng.sample(train, keep))
+    return [s for i, s in enumerate(samples) if i not in dropped]
 
 
 def _limit(samples, n):

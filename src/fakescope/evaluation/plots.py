@@ -184,3 +184,32 @@ def robustness(curves: dict, clean: dict, path: Path) -> Path:
     axes[0][0].set_ylabel("AUC, F1")
     axes[0][0].legend(loc="lower left", fontsize=8)
     return _save(fig, path)
+
+
+def variants(labels: list[str], series: dict, title: str, path: Path) -> Path:
+    """Grouped bars with error bars: ``series`` maps a name to (means, stds), one per label
+    (issue 15's checks: test AUC and F1 of each variant over seeds)."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(labels) + 2), 4.2))
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(labels))
+    for k, (name, (mean, std)) in enumerate(series.items()):
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, mean, width, yerr=std, capsize=3,
+               label=name)  # fmt: skip
+    low = np.nanmin([m for mean, _ in series.values() for m in mean] + [1.0])
+    ax.set(xticks=x, ylim=(max(0.0, low - 0.1), 1.0), ylabel="test metric", title=title)
+    ax.set_xticklabels(labels, rotation=20, ha="right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
+def imbalance(curves: dict, thresholds: list[float], stored: float, path: Path) -> Path:
+    """F1 across thresholds for each real:fake ratio of the test split (mean and spread over
+    runs and draws), with the stored threshold marked."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    for name, runs in curves.items():
+        v = np.asarray(runs, float)
+        ax.errorbar(thresholds, v.mean(0), yerr=v.std(0), capsize=3, marker="o", label=name)
+    ax.axvline(stored, color="k", ls="--", lw=0.8, label=f"stored threshold {stored:.3f}")
+    ax.set(xlabel="threshold", ylabel="F1", title="F1 by real:fake ratio of the test split")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

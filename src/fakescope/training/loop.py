@@ -100,7 +100,7 @@ def _sources(cfg: TrainConfig, resume: bool):
     out = Path(cfg.out)
     if (out / META).exists() and not resume:
         raise FakescopeError(f"{out}: a finished run is already there; pick another --out")
-    sources = load_sources(cfg.data, cfg.seed, cfg.exclude, cfg.limit_per_class)
+    sources = load_sources(cfg.data, cfg.seed, cfg.exclude, cfg.limit_per_class, cfg.train_fraction)
     for src in sources:
         for split in ("train", "val"):
             have = {s.label for s in src.samples if s.split == split}
