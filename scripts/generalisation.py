@@ -45,6 +45,11 @@ RECIPES = {
     # must-show 3 (session 7): the general recipe (both_sbi_aug) with one output unit per
     # source of fakes, so the StyleGAN cue and the blending cue need not share one unit
     "both_sbi_aug_heads": dict(data=(SG, LFW), sbi=0.5, source_heads=True, **AUG),
+    # the highest unit's BCE on val rises while every source's AUC climbs (the max of three
+    # units over-scores reals): keep the epoch by the sources' mean val AUC, every epoch run
+    "both_sbi_aug_heads_auc": dict(
+        data=(SG, LFW), sbi=0.5, source_heads=True, select_by="auc", patience=100, **AUG
+    ),
     # must-show 2 (session 7): is the fake-free run under-trained? SBI's paper trains 100
     # epochs; here 10 of a 12-epoch cosine instead of 4 of 5
     "sbi_only_e10": dict(data=(SG, LFW), sbi=1.0, real_only=True, epochs=10, lr_epochs=12, **JPEG),

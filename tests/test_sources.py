@@ -78,13 +78,15 @@ def test_pseudo_fakes_in_the_dataset(sources, tmp_path, monkeypatch):
 
 
 def train_tiny(tmp_path, monkeypatch, **kw):
-    """A one-epoch mobilenet_v2 run at 64 px on 6 images per class of each sample set."""
+    """A mobilenet_v2 run at 64 px on 6 images per class of each sample set, one epoch unless
+    ``kw`` says otherwise."""
     monkeypatch.setenv("FAKESCOPE_CACHE", str(tmp_path / "cache"))
-    cfg = TrainConfig(
+    base = dict(
         data=(str(SG), str(LFW)), out=str(tmp_path / "run"), backbone="mobilenet_v2",
         head="gap", weights="imagenet", input_size=64, batch_size=8, epochs=1, steps=1,
-        limit_per_class=6, tensorboard=False, patience=100, **kw,
+        limit_per_class=6, tensorboard=False, patience=100,
     )  # fmt: skip
+    cfg = TrainConfig(**{**base, **kw})
     return train(cfg, progress=False)
 
 
@@ -155,3 +157,17 @@ def test_a_run_with_per_source_heads(tmp_path, monkeypatch):
     (run / "fakescope.json").write_text(json.dumps(meta))
     with pytest.raises(Exception, match="fc.weight"):
         load_run(run)
+
+
+def test_select_by_auc_keeps_the_epoch_whose_sources_rank_best(tmp_path, monkeypatch):
+    run = train_tiny(tmp_path, monkeypatch, epochs=3, max_train_batches=2, select_by="auc")
+    meta = json.loads((run / "fakescope.json").read_text())
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert len(rows) == 3  # patience 100: every epoch ran
+
+    def mean_auc(row):  # "lfw-faceswap:0.9 sg-ffhq:0.8": each source counts alike
+        return np.mean([float(p.split(":")[1]) for p in row["val_auc_by_source"].split()])
+
+    (step,) = meta["steps"]
+    assert "best_val_loss" not in step
+    assert step["best_val_auc"] == pytest.approx(max(mean_auc(r) for r in rows), abs=1e-4)

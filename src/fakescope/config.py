@@ -68,6 +68,13 @@ class TrainConfig:
         10, "max epochs per step: one number for every step, or one per step (e.g. 1,3)"
     )
     patience: int = opt(2, "early stopping: epochs without a val-loss improvement")
+    select_by: str = opt(
+        "loss",
+        "what early stopping watches and which epoch's weights are kept: loss (validation "
+        "loss, the paper's) or auc (validation AUC; with several sources the mean of their "
+        "AUCs, so each counts alike)",
+        choices=("loss", "auc"),
+    )
     freeze_bn: bool = opt(
         False,
         "keep BatchNorm statistics at their ImageNet values (affine weights still train); "
@@ -194,7 +201,7 @@ class TrainConfig:
             raise FakescopeError(
                 f"--batch-size ({self.batch_size}) must be a multiple of --procs ({self.procs})"
             )
-        for name in ("fit", "head", "lr_schedule", "faces", "precision"):
+        for name in ("fit", "head", "lr_schedule", "faces", "precision", "select_by"):
             allowed = choices(name)
             if getattr(self, name) not in allowed:
                 flag = "--" + name.replace("_", "-")

@@ -402,7 +402,11 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
             if budget is not None and epoch == 0:
                 # every process plans alike from the slowest one's epoch
                 budget.plan(max(ranks.gather(secs)), 1)
-            improved = state.stopping.update(val_loss)
+            # the criterion lower-is-better: the loss, or the AUC (each source's alike) negated
+            watched = val_loss
+            if cfg.select_by == "auc":
+                watched = -(float(np.mean(list(by_source.values()))) if by_source else auc)
+            improved = state.stopping.update(watched)
             if lead:
                 row = {
                     "step": step + 1,
@@ -442,7 +446,7 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
             best_file = state.best_file or f"best_step{step + 1}.safetensors"  # older runs
             best_state = load_file(str(resume_dir / best_file))
         model.load_state_dict(ranks.share_state(best_state))
-        state.next_step(cfg.freeze_stages[step])
+        state.next_step(cfg.freeze_stages[step], cfg.select_by)
         if lead:
             save_resume(resume_dir, model, opt, state.to_json())
     if sink is not None:

@@ -28,7 +28,8 @@ LOG_FIELDS = [
 
 @dataclass
 class EarlyStopping:
-    """Stop a step after ``patience`` epochs without a lower validation loss."""
+    """Stop a step after ``patience`` epochs without a lower validation loss (or whatever
+    lower-is-better criterion the loop gives it: the AUC negated under --select-by auc)."""
 
     patience: int
     best_loss: float = math.inf
@@ -59,13 +60,14 @@ class TrainState:
     summaries: list = field(default_factory=list)
     best_file: str | None = None  # in resume/: the current step's best weights so far
 
-    def next_step(self, frozen_stages: int) -> None:
+    def next_step(self, frozen_stages: int, select_by: str = "loss") -> None:
+        best = self.stopping.best_loss  # lower is better: the loss, or the AUC negated
         self.summaries.append(
             {
                 "step": self.step + 1,
                 "frozen_stages": frozen_stages,
                 "epochs": self.epoch,
-                "best_val_loss": self.stopping.best_loss,
+                **({"best_val_auc": -best} if select_by == "auc" else {"best_val_loss": best}),
             }
         )
         self.step, self.epoch, self.best_file = self.step + 1, 0, None
