@@ -1,7 +1,7 @@
-"""Crash consistency (issue 14): training killed with SIGKILL at 21 points (during a batch,
-during validation, while writing the log, the best weights, the resume state, its commit and
-the finished run) resumes to a run identical to one never interrupted: the same weights, the
-same threshold and exactly one log row per finished epoch.
+"""Crash consistency (issue 14): training killed with SIGKILL at 23 points (during a batch,
+during validation, while writing the log, the best weights, the resume state, its commit, a
+checkpoint inside an epoch and the finished run) resumes to a run identical to one never
+interrupted: the same weights, the same threshold and exactly one log row per finished epoch.
 
 Each run is a process forked from a forkserver that has imported torch once, so that a kill
 is cheap and the test process itself never forks with live OpenMP threads."""
@@ -20,10 +20,11 @@ from fakescope.config import TrainConfig
 
 from .conftest import MOBILENET_FILE, SG
 
-# 2 steps x 2 epochs x 2 batches: every kind of point is reached more than once
+# 2 steps x 2 epochs x 2 batches, a checkpoint after each epoch's first batch as well: every
+# kind of point is reached more than once
 TINY = dict(data=str(SG), backbone="mobilenet_v2", head="gap", weights=str(MOBILENET_FILE),
             input_size=64, batch_size=8, epochs=2, steps=2, limit_per_class=8, lr=1e-3,
-            patience=100, tensorboard=False, face_margin=1.3)  # fmt: skip
+            patience=100, tensorboard=False, face_margin=1.3, checkpoint_every=1)  # fmt: skip
 # (point, n): killed the n-th time the point is reached
 POINTS = [
     *(("batch", n) for n in (1, 2, 3, 5, 8)),
@@ -32,6 +33,7 @@ POINTS = [
     *(("best", n) for n in (1, 2)),
     *(("state", n) for n in (1, 3, 4, 6)),
     *(("commit", n) for n in (2, 5)),
+    *(("checkpoint", n) for n in (1, 3)),
     ("finish", 1),
 ]
 LOGGED = ["step", "epoch", "train_loss", "val_loss", "val_auc"]  # the columns that are not times

@@ -13,7 +13,8 @@ import pytest
 from fakescope.config import TrainConfig
 from fakescope.data.dataset import ImageDataset
 from fakescope.data.images import load_rgb
-from fakescope.data.sources import BalancedSampler, SelfBlender, load_sources, make_split
+from fakescope.data.order import BalancedOrder
+from fakescope.data.sources import SelfBlender, load_sources, make_split
 from fakescope.training.loop import train
 
 from .conftest import LFW, SG
@@ -38,9 +39,9 @@ def test_splits_of_several_sources(sources):
     assert make_split(sources, "train", 0.5, False, 0).samples == half.samples  # seeded
 
 
-def test_balanced_sampler_draws_each_source_alike():
+def test_balanced_order_draws_each_source_alike():
     groups = ["a"] * 10 + ["b"] * 3
-    s = BalancedSampler(groups, seed=1)
+    s = BalancedOrder(groups, seed=1)
     s.set_epoch(0)
     first = list(s)
     assert Counter(groups[i] for i in first) == {"a": 10, "b": 10} and len(first) == len(s)
@@ -48,7 +49,7 @@ def test_balanced_sampler_draws_each_source_alike():
     assert list(s) == first
     s.set_epoch(1)
     assert list(s) != first
-    shards = [BalancedSampler(groups, seed=1, rank=r, world=2) for r in (0, 1)]
+    shards = [BalancedOrder(groups, seed=1, rank=r, world=2) for r in (0, 1)]
     a, b = (list(x) for x in shards)
     assert len(a) == len(b) == 10 and sorted(a + b) == sorted(first)
 

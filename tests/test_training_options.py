@@ -19,7 +19,7 @@ from fakescope.training.loop import train
 from .conftest import SG, sg_images
 
 
-def tiny_run(out, **kw):
+def tiny_run(out, resume=False, **kw):
     base = dict(
         data=str(SG),
         out=str(out),
@@ -36,7 +36,7 @@ def tiny_run(out, **kw):
         tensorboard=False,
     )
     cfg = TrainConfig(**{**base, **kw})
-    return train(cfg, progress=False)
+    return train(cfg, progress=False, resume=resume)
 
 
 @pytest.fixture(scope="module")

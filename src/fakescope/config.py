@@ -68,6 +68,11 @@ class TrainConfig:
         10, "max epochs per step: one number for every step, or one per step (e.g. 1,3)"
     )
     patience: int = opt(2, "early stopping: epochs without a val-loss improvement")
+    checkpoint_every: int = opt(
+        0,
+        "also save the resume state every N optimiser steps inside an epoch (long epochs); "
+        "--resume continues from the last one, with any number of processes. 0: at epoch ends",
+    )
     select_by: str = opt(
         "loss",
         "what early stopping watches and which epoch's weights are kept: loss (validation "
@@ -243,6 +248,7 @@ class TrainConfig:
             ("input_size", (self.input_size,), 32),
             ("workers", (self.workers,), 0),
             ("max_train_batches", (self.max_train_batches,), 0),
+            ("checkpoint_every", (self.checkpoint_every,), 0),
             ("limit_per_class", (self.limit_per_class,), 0),
         ):
             if any(v < low for v in values):

@@ -1,6 +1,7 @@
 """Fault injection for the crash-consistency test: ``FAKESCOPE_CRASH_AT=POINT:N`` makes the
 process kill itself (SIGKILL, as the OOM killer or a pre-empted node would) the N-th time it
-reaches ``crash_point(POINT)``. Unset, each point costs one dictionary lookup."""
+reaches ``crash_point(POINT)``; ``POINT:N@R`` only the training process of rank R. Unset, each
+point costs one dictionary lookup."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ def crash_point(name: str) -> None:
     if not spec:
         return
     point, _, nth = spec.partition(":")
-    if point != name:
+    nth, _, rank = nth.partition("@")
+    if point != name or (rank and rank != os.environ.get("RANK", "0")):
         return
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] == int(nth or 1):

@@ -451,7 +451,10 @@ def save_resume(folder: Path, model, optimizer, state: dict) -> None:
         for k, v in st.items():
             t = v if torch.is_tensor(v) else torch.tensor(v)
             tensors[f"opt.{pid}.{k}"] = t.detach().contiguous().cpu()
-    name = f"state-{state['step']}-{state['epoch']}-{state['global']}.safetensors"
+    # a new name for every save (a checkpoint inside an epoch has its batch in it): the file
+    # the committed state.json names is never overwritten
+    where = f"{state['step']}-{state['epoch']}-{state['global']}-{state.get('batch', 0)}"
+    name = f"state-{where}.safetensors"
     save_file(tensors, str(folder / (name + ".tmp")))
     (folder / (name + ".tmp")).replace(folder / name)
     crash_point("state")

@@ -3,8 +3,9 @@
 A run's training data is a list of ``Source``s (one per ``--data`` folder), each with its own
 split. ``TrainingData`` turns them into the training and validation sets: every image of every
 source, plus (``sbi`` > 0) self-blended fakes made on the fly from real training images, and,
-with ``real_only``, none of the sources' fake images at all. ``BalancedSampler`` draws the same
-number of images from each source per epoch, so a small source is not drowned by a large one.
+with ``real_only``, none of the sources' fake images at all. ``data.order.BalancedOrder`` draws
+the same number of images from each source per epoch, so a small source is not drowned by a
+large one.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from ..errors import BadInput, FakescopeError
 from .folders import Sample, drop_generators, fingerprint, generators, load_samples, write_splits
@@ -205,37 +204,3 @@ def make_split(sources: list[Source], split: str, sbi: float, real_only: bool, s
             for _ in range(n - len(picks)):  # sbi > 1: more pseudo-fakes than reals
                 add(src, rng.choice(reals), True)
     return out
-
-
-class BalancedSampler(torch.utils.data.Sampler):
-    """Each epoch, as many images from every source as the largest source has (smaller ones
-    are drawn again in a new order), shuffled together; with several training processes each
-    takes its shard. Deterministic for (seed, epoch)."""
-
-    def __init__(self, groups: list[str], seed: int = 0, rank: int = 0, world: int = 1):
-        self.by_group: dict[str, list[int]] = {}
-        for i, g in enumerate(groups):
-            self.by_group.setdefault(g, []).append(i)
-        self.seed, self.rank, self.world, self.epoch = seed, rank, world, 0
-        self.per_group = max(len(v) for v in self.by_group.values())
-        self.total = -(-self.per_group * len(self.by_group) // world) * world
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.total // self.world
-
-    def __iter__(self):
-        rng = random.Random(hash((self.seed, self.epoch)))
-        order: list[int] = []
-        for _, idx in sorted(self.by_group.items()):
-            drawn = []
-            while len(drawn) < self.per_group:
-                more = idx[:]
-                rng.shuffle(more)
-                drawn += more
-            order += drawn[: self.per_group]
-        rng.shuffle(order)
-        order += order[: self.total - len(order)]  # pad so every process gets as many
-        return iter(order[self.rank : self.total : self.world])

@@ -109,14 +109,6 @@ class Ranks:
         ids = [runtime.device.index or 0] if runtime.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
 
-    def sampler(self, dataset, shuffle: bool, seed: int):
-        """Each process's shard of a permutation that every process draws alike."""
-        if self.world == 1:
-            return None
-        return torch.utils.data.DistributedSampler(
-            dataset, self.world, self.rank, shuffle=shuffle, seed=seed
-        )
-
 
 def spawn(fn, nprocs: int, args: tuple) -> None:
     """Run ``fn(*args)`` in ``nprocs`` local processes that rendezvous through env://, as
@@ -141,6 +133,11 @@ def spawn(fn, nprocs: int, args: tuple) -> None:
             raise FakescopeError(errors.get()) from None
         last = str(e).strip().splitlines()[-1]
         raise FakescopeError(f"a training process failed: {last}") from None
+    except mp.ProcessExitedException as e:  # killed (OOM killer, SIGKILL) or exited
+        raise FakescopeError(
+            f"training process {e.error_index} ended: {e}; `fakescope train --resume` with "
+            "the same options continues from the last saved state"
+        ) from None
 
 
 def _child(index, nprocs, addr, port, errors, shown, fn, args) -> None:

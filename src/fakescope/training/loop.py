@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..data.dataset import ImageDataset, make_loader
-from ..data.sources import SBI_SOURCE, BalancedSampler, load_sources, make_split, write_split_file
+from ..data.order import BalancedOrder, ShuffledOrder
+from ..data.sources import SBI_SOURCE, load_sources, make_split, write_split_file
 from ..data.transforms import Augment
 from ..errors import FakescopeError
 from ..evaluation import metrics as M
@@ -214,13 +215,18 @@ class Epoch:
     # per training image, the per-source head its fake teaches (source_heads); None: one head
     head_of: torch.Tensor | None = None
 
-    def run(self, loader, desc: str, progress: bool) -> tuple[float, int]:
-        """One pass over this process's loader; returns (summed BCE loss, images seen)."""
+    def run(self, loader, desc: str, progress: bool, start: int = 0, carried=(0.0, 0),
+            after_step=None) -> tuple[float, int]:  # fmt: skip
+        """One pass over this process's loader, whose first batch is the epoch's ``start``-th;
+        ``carried``: (summed loss, images) of the batches before it. ``after_step(b, loss_sum,
+        seen)`` is called after each optimiser step, ``b`` batches into the epoch. Returns
+        (summed BCE loss, images seen)."""
         self.net.train()
         bce = nn.BCEWithLogitsLoss()
-        t0, seen, loss_sum = time.time(), 0, 0.0
-        bar = tqdm(total=self.n_batches, desc=desc, disable=not progress, unit="batch")
-        for b, (x, y, idx) in enumerate(loader):
+        t0, (loss_sum, seen), fresh = time.time(), carried, 0
+        bar = tqdm(total=self.n_batches, initial=start, desc=desc, disable=not progress,
+                   unit="batch")  # fmt: skip
+        for b, (x, y, idx) in enumerate(loader, start):
             if b >= self.n_batches:
                 break
             x, y = self.runtime.batch(x), y.float().to(self.runtime.device)
@@ -241,14 +247,17 @@ class Epoch:
                 self.sched.step()
             crash_point("batch")
             seen += len(y)
+            fresh += len(y)
             loss_sum += loss.item() * len(y)
+            if after_step is not None:
+                after_step(b + 1, loss_sum, seen)
             if self.probe is not None and b in (2, 12):  # two warm-up batches are not timed
                 if b == 2:
                     t_probe = time.time()
                 else:
                     self.probe((time.time() - t_probe) / 10)
                     self.probe = None
-            ips = self.world * seen / max(time.time() - t0, 1e-9)
+            ips = self.world * fresh / max(time.time() - t0, 1e-9)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{ips:.1f}")
             bar.update(1)
         bar.close()
@@ -281,11 +290,11 @@ def _datasets(cfg: TrainConfig, sources, ranks: Ranks, progress: bool):
                             **common)  # fmt: skip
     val_ds = ImageDataset(va.roots[mine], va.samples[mine], blend=va.blend[mine],
                           blender=blender, **common)  # fmt: skip
-    groups = [str(r) for r in tr.roots]
-    sampler = None
     if len(sources) > 1:
-        sampler = BalancedSampler(groups, cfg.seed, ranks.rank, ranks.world)
-    return train_ds, val_ds, va.source[mine], sampler, tr, blender
+        order = BalancedOrder([str(r) for r in tr.roots], cfg.seed, ranks.rank, ranks.world)
+    else:
+        order = ShuffledOrder(len(train_ds), ranks.rank, ranks.world)
+    return train_ds, val_ds, va.source[mine], order, tr, blender
 
 
 def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> None:
@@ -296,7 +305,7 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
     if lead:
         out.mkdir(parents=True, exist_ok=True)
         write_split_file(sources, out / "split.csv")
-    train_ds, val_ds, val_names, balanced, tr, blender = _datasets(cfg, sources, ranks, progress)
+    train_ds, val_ds, val_names, order, tr, blender = _datasets(cfg, sources, ranks, progress)
     heads, head_of = source_heads(cfg, tr)
     seed_everything(cfg.seed)  # the head's initial weights depend on nothing above
     spec = ModelSpec.of_config(cfg, heads)
@@ -334,7 +343,7 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
             f"{runtime.describe()}{procs}; trainable parameters in the head: "
             f"{model.head_parameters():,}"
         )
-    n_images = len(balanced) * ranks.world if balanced is not None else len(train_ds)
+    n_images = len(order) * ranks.world
     n_batches = n_batches_per_epoch(n_images, cfg, ranks.world)
     budget = None
     if cfg.time_budget:
@@ -346,9 +355,9 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg.lr)
         sched = _scheduler(cfg, opt, n_batches, cfg.epochs_of(step), budget)
-        if resume and state.epoch > 0:
+        if resume and (state.epoch > 0 or state.batch > 0):
             load_resume(resume_dir, model, opt)
-            for _ in range(state.epoch * n_batches * bool(sched)):
+            for _ in range((state.epoch * n_batches + state.batch) * bool(sched)):
                 sched.step()
         ema = _weight_average(cfg, model)  # restarts with each step, from its starting weights
         scored = model if ema is None else ema.module  # what is validated and kept
@@ -382,18 +391,33 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
             epoch = state.epoch
             train_ds.epoch = epoch + 100 * step
             seed = cfg.seed + epoch + 100 * step
-            sampler = ranks.sampler(train_ds, True, seed)
-            if balanced is not None:
-                balanced.set_epoch(epoch + 100 * step)
-                sampler = balanced
+            start, resumed_at = state.batch, ""
+            if start:  # resumed inside this epoch: the order goes on from the next batch
+                resumed_at = f"batch {start + 1} ({state.world} -> {ranks.world} processes)"
+                if lead:
+                    log.info(f"fakescope: epoch {epoch + 1} resumes at {resumed_at}")
+            order.set_epoch(epoch + 100 * step, seed, start, cfg.batch_size)
             loader = make_loader(
-                train_ds, cfg.batch_size // ranks.world, True, cfg.workers, seed, sampler
+                train_ds, cfg.batch_size // ranks.world, True, cfg.workers, seed, order
             )
+            # the lead carries the sums of the batches trained before the interruption
+            carried = tuple(state.partial) if lead and start else (0.0, 0)
+
+            def checkpoint(b, loss_sum, seen, opt=opt):
+                """Every --checkpoint-every steps inside an epoch: the resume state, atomically."""
+                if not cfg.checkpoint_every or b % cfg.checkpoint_every or b >= n_batches:
+                    return
+                state.batch, state.partial, state.world = b, ranks.sum(loss_sum, seen), ranks.world
+                if lead:
+                    save_resume(resume_dir, model, opt, state.to_json())
+                crash_point("checkpoint")
+
             t0 = time.time()
             loss_sum, seen = epoch_runner.run(
-                loader, f"step {step + 1} epoch {epoch + 1}", progress
+                loader, f"step {step + 1} epoch {epoch + 1}", progress, start, carried, checkpoint
             )
             loss_sum, seen = ranks.sum(loss_sum, seen)
+            state.batch, state.partial = 0, (0.0, 0)
             s, yv, val_loss, names = validate(scored, "validating")
             auc = M.threshold_free(yv, s)["auc"]
             by_source = M.per_source_auc(s, yv, names, SBI_SOURCE) if len(set(names)) > 1 else {}
@@ -420,6 +444,7 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
                     "lr": f"{opt.param_groups[0]['lr']:.3g}",
                     "images_per_s": f"{seen / secs:.2f}",
                     "seconds": f"{secs:.1f}",
+                    "resumed_at": resumed_at,
                 }
                 sink.write(row, state.global_epoch)
                 plan = f" of {budget.epochs} (time budget)" if budget is not None else ""

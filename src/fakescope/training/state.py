@@ -23,6 +23,7 @@ LOG_FIELDS = [
     "lr",
     "images_per_s",
     "seconds",
+    "resumed_at",  # an epoch resumed from a checkpoint inside it: the batch and process counts
 ]
 
 
@@ -59,6 +60,11 @@ class TrainState:
     global_epoch: int = 0
     summaries: list = field(default_factory=list)
     best_file: str | None = None  # in resume/: the current step's best weights so far
+    # a checkpoint inside an epoch (--checkpoint-every): the global batches done, their summed
+    # loss and images, and how many processes trained them
+    batch: int = 0
+    partial: tuple = (0.0, 0)
+    world: int = 1
 
     def next_step(self, frozen_stages: int, select_by: str = "loss") -> None:
         best = self.stopping.best_loss  # lower is better: the loss, or the AUC negated
@@ -82,6 +88,9 @@ class TrainState:
             "bad_epochs": self.stopping.bad_epochs,
             "summaries": self.summaries,
             "best_file": self.best_file,
+            "batch": self.batch,
+            "partial": list(self.partial),
+            "world": self.world,
         }
 
     @classmethod
@@ -93,6 +102,9 @@ class TrainState:
             int(d.get("global", 0)),
             list(d.get("summaries", [])),
             d.get("best_file"),
+            int(d.get("batch", 0)),
+            (float(d.get("partial", [0, 0])[0]), int(d.get("partial", [0, 0])[1])),
+            int(d.get("world", 1)),
         )
 
 
@@ -109,7 +121,9 @@ class LogSink:
         if resume and self.path.exists():
             with open(self.path, newline="") as fh:
                 old = list(csv.reader(fh))[1:]
-            self.rows = [r for r in old if len(r) == len(LOG_FIELDS)][:keep]
+            # rows of older versions lack the last columns
+            pad = [""] * len(LOG_FIELDS)
+            self.rows = [(r + pad)[: len(LOG_FIELDS)] for r in old if r][:keep]
         self._rewrite()
         self.tb = None
         if tensorboard:

@@ -1,0 +1,84 @@
+"""The order training reads its images in: one list per epoch, the same on every process and for
+any number of processes, so a run can stop after any batch and resume where it stopped with
+more or fewer processes.
+
+An epoch's order is cut into global batches of ``--batch-size`` images; each of ``world``
+processes takes every ``world``-th image of each batch (its share), and the gradients DDP
+averages are those of the whole batch. Skipping the first ``k`` batches of the order is all a
+resume needs. The order is padded with its own first images to a multiple of ``world`` so that
+every process takes as many steps.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+
+class TrainOrder(torch.utils.data.Sampler):
+    """This process's share of an epoch's order, from batch ``start`` on. Subclasses define
+    ``epoch_order()``: the whole epoch's list of dataset indices."""
+
+    def __init__(self, rank: int = 0, world: int = 1):
+        self.rank, self.world = rank, world
+        self.epoch, self.seed, self.skip = 0, 0, 0
+
+    def set_epoch(self, epoch: int, seed: int = 0, start_batch: int = 0, batch_size: int = 1):
+        """The epoch (and its seed) to draw, and the global batches already trained."""
+        self.epoch, self.seed, self.skip = epoch, seed, start_batch * batch_size
+
+    def epoch_order(self) -> list[int]:
+        raise NotImplementedError
+
+    def _padded(self) -> list[int]:
+        order = self.epoch_order()
+        short = -len(order) % self.world
+        return order + order[:short]
+
+    def __len__(self) -> int:
+        return max(0, len(self._padded()) - self.skip) // self.world
+
+    def __iter__(self):
+        return iter(self._padded()[self.skip :][self.rank :: self.world])
+
+
+class ShuffledOrder(TrainOrder):
+    """A seeded permutation of ``n`` images: the order a one-process run has always had
+    (a DataLoader shuffling with a generator seeded by the epoch's seed, which draws one
+    number for its workers before the permutation), now for any number of processes."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1):
+        super().__init__(rank, world)
+        self.n = n
+
+    def epoch_order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed)
+        torch.empty((), dtype=torch.int64).random_(generator=g)  # the DataLoader's draw
+        return torch.randperm(self.n, generator=g).tolist()
+
+
+class BalancedOrder(TrainOrder):
+    """Each epoch, as many images from every source as the largest source has (smaller ones
+    are drawn again in a new order), shuffled together. Deterministic for (seed, epoch)."""
+
+    def __init__(self, groups: list[str], seed: int = 0, rank: int = 0, world: int = 1):
+        super().__init__(rank, world)
+        self.by_group: dict[str, list[int]] = {}
+        for i, g in enumerate(groups):
+            self.by_group.setdefault(g, []).append(i)
+        self.base_seed = seed
+        self.per_group = max(len(v) for v in self.by_group.values())
+
+    def epoch_order(self) -> list[int]:
+        rng = random.Random(hash((self.base_seed, self.epoch)))
+        order: list[int] = []
+        for _, idx in sorted(self.by_group.items()):
+            drawn = []
+            while len(drawn) < self.per_group:
+                more = idx[:]
+                rng.shuffle(more)
+                drawn += more
+            order += drawn[: self.per_group]
+        rng.shuffle(order)
+        return order
