@@ -45,3 +45,28 @@ def test_precision_fp32_never_autocasts():
     assert rt.amp_dtype is None and rt.channels_last and "fp32" in rt.describe()
     with pytest.raises(FakescopeError, match="precision"):
         select_runtime("cpu", precision="fp16")
+
+
+def test_bench_times_the_loader_beside_the_model():
+    """`fakescope bench --data` on real images: the loader's rate for each worker count and
+    the model's training rate, each a positive number, with a verdict per worker count."""
+    from .conftest import SG
+
+    r = subprocess.run(
+        [sys.executable, "-m", "fakescope.cli", "bench", "--data", str(SG), "--backbone",
+         "mobilenet_v2", "--input-size", "64", "--batch-size", "4", "--workers", "0,1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    model = next(float(x.split(":")[-1].split()[0]) for x in lines if "model training" in x)
+    loaders = [x for x in lines if x.strip().startswith("loader,")]
+    assert model > 0 and len(loaders) == 2
+    for x in loaders:
+        assert float(x.split(":")[1].split()[0]) > 0
+        assert "keeps up" in x or "starves the model" in x
+    bad = subprocess.run(
+        [sys.executable, "-m", "fakescope.cli", "bench", "--data", str(SG), "--workers", "two"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "--workers 'two'" in bad.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import resource
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -127,3 +128,47 @@ def run_bench(backbone="resnet50", size=299, batch=16, iters=3, device="auto") -
             line += f"{r['fast'] / r['fast_fp32']:.2f}x)"
         print(line)
     return results
+
+
+def loader_rate(data, size=299, batch=16, workers=0, batches=20, augment=True) -> float:
+    """Images per second the training loader delivers from ``data``'s train split (decoding,
+    the forensic augmentations, resizing, normalising) with ``workers`` processes, the first
+    batch (worker start-up) untimed: what a GPU's training rate must not exceed."""
+    from .data.dataset import ImageDataset, make_loader
+    from .data.folders import load_samples
+    from .data.transforms import Augment
+
+    samples, _ = load_samples(data)
+    train = [s for s in samples if s.split == "train"] or samples
+    aug = Augment(True, 0.5, (60, 100), 0.3, 0.3, 1.0) if augment else None
+    ds = ImageDataset(Path(data), train, size=size, augment=aug)
+    loader = make_loader(ds, batch, True, workers, pin=torch.cuda.is_available())
+    it = iter(loader)
+    next(it)
+    t, n = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            n += len(next(it)[0])
+        except StopIteration:
+            break
+    return n / (time.perf_counter() - t)
+
+
+def run_loader_bench(data, size=299, batch=16, workers=(0, 2), batches=20, device="auto",
+                     backbone="resnet50") -> dict:  # fmt: skip
+    """The loader's rate for each worker count beside the model's training rate on this
+    device: where the loader is slower, the accelerator waits for data."""
+    rt = select_runtime(device, fast=True)
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, size, size)
+    model = rt.prepare(Detector(backbone, "flatten", size, weights="none"))
+    train = training_steps(model, rt, x, 3, warmup=1)["img_s"]
+    print(f"fakescope bench --data: {data}, {size}px, batch {batch}")
+    print(f"  model training ({backbone}, {rt.describe()}): {train:8.1f} img/s")
+    out = {"model_training": train, "loader": {}}
+    for w in workers:
+        r = loader_rate(data, size, batch, w, batches)
+        out["loader"][w] = r
+        verdict = "keeps up" if r >= train else f"starves the model ({r / train:.2f}x its rate)"
+        print(f"  loader, {w} worker(s):        {r:8.1f} img/s   {verdict}")
+    return out

@@ -19,13 +19,28 @@ def _add_bench(sub):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--iters", type=int, default=3, help="timed batches per measurement")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="instead: the training loader's images/s on this data folder (decoding, "
+        "augmentation, resizing) beside the model's training rate, to see a starved GPU",
+    )
+    p.add_argument("--workers", default="0,2", help="with --data: loader worker counts to time")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(a) -> int:
-    from ..bench import run_bench
+    from ..bench import run_bench, run_loader_bench
+    from ..errors import FakescopeError
 
-    run_bench(a.backbone, a.input_size, a.batch_size, a.iters, a.device)
+    if a.data is None:
+        run_bench(a.backbone, a.input_size, a.batch_size, a.iters, a.device)
+        return 0
+    try:
+        workers = tuple(int(w) for w in a.workers.split(","))
+    except ValueError:
+        raise FakescopeError(f"--workers {a.workers!r}: give counts such as 0,2,4") from None
+    run_loader_bench(a.data, a.input_size, a.batch_size, workers, 20, a.device, a.backbone)
     return 0
 
 

@@ -68,8 +68,9 @@ class ImageDataset(torch.utils.data.Dataset):
         return to_tensor(im, self.size, self.mean, self.std, self.fit), self.label_of(i), i
 
 
-def make_loader(dataset, batch_size, shuffle=False, workers=0, seed=0, sampler=None):
-    """A DataLoader whose shuffling is seeded (the same order on every run and process)."""
+def make_loader(dataset, batch_size, shuffle=False, workers=0, seed=0, sampler=None, pin=False):
+    """A DataLoader whose shuffling is seeded (the same order on every run and process).
+    ``pin``: batches in page-locked memory, so the copy to a GPU overlaps its work."""
     g = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         dataset,
@@ -79,4 +80,6 @@ def make_loader(dataset, batch_size, shuffle=False, workers=0, seed=0, sampler=N
         num_workers=workers,
         generator=g,
         persistent_workers=workers > 0,
+        pin_memory=pin,
+        prefetch_factor=4 if workers > 0 else None,
     )

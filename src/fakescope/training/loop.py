@@ -312,7 +312,8 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
     model = Detector(cfg.backbone, cfg.head, cfg.input_size, cfg.weights, heads)
     model.freeze_bn = cfg.freeze_bn
     model = runtime.prepare(model)
-    val_loader = make_loader(val_ds, cfg.batch_size, workers=cfg.workers)
+    pin = runtime.device.type == "cuda"
+    val_loader = make_loader(val_ds, cfg.batch_size, workers=cfg.workers, pin=pin)
     # fp16 gradients underflow without loss scaling; a disabled scaler is a no-op elsewhere
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
 
@@ -398,7 +399,7 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
                     log.info(f"fakescope: epoch {epoch + 1} resumes at {resumed_at}")
             order.set_epoch(epoch + 100 * step, seed, start, cfg.batch_size)
             loader = make_loader(
-                train_ds, cfg.batch_size // ranks.world, True, cfg.workers, seed, order
+                train_ds, cfg.batch_size // ranks.world, True, cfg.workers, seed, order, pin
             )
             # the lead carries the sums of the batches trained before the interruption
             carried = tuple(state.partial) if lead and start else (0.0, 0)
