@@ -209,6 +209,31 @@ def imbalance_summary(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_summary(csv_path: Path, order: list[str], own: str) -> str:
+    """One row per variant (mean ± std over seeds): what the check asks, in the order given;
+    ``own`` is the training set, every other set is cross-set."""
+    import numpy as np
+
+    rows = list(csv.DictReader(open(csv_path)))
+    others = sorted({r["data"] for r in rows} - {own})
+    cols = [("val", own, "auc"), ("test", own, "auc"), ("test", own, "f1"),
+            *(("test", o, "auc") for o in others)]  # fmt: skip
+    head = ["variant", "seeds", f"{own} val AUC", f"{own} test AUC", f"{own} test F1",
+            *(f"{o} test AUC (cross-set)" for o in others), "train s"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    rank = {v: i for i, v in enumerate(order)}
+    for v in sorted({r["variant"] for r in rows}, key=lambda v: (rank.get(v, len(rank)), v)):
+        mine = [r for r in rows if r["variant"] == v]
+        cells = []
+        for split, data, k in cols:
+            x = np.array([float(r[k]) for r in mine if r["split"] == split and r["data"] == data])
+            cells.append(f"{x.mean():.4f} ± {x.std():.4f}" if len(x) > 1 else f"{x[0]:.4f}")
+        seeds = len({r["seed"] for r in mine})
+        secs = np.mean([float(r["train_s"]) for r in mine])
+        lines.append(f"| {v} | {seeds} | " + " | ".join(cells) + f" | {secs:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_check(check: str, csv_path: Path, out: Path) -> None:
     """Test AUC and F1 per variant (mean ± std over seeds) on each data set."""
     import numpy as np
@@ -250,7 +275,9 @@ def main(argv=None) -> int:
         order = [v + s for v in CHECKS[check] for s in ("", " (random start)")]
 
         def after(path, folder=folder, order=order, check=check):
-            (folder / "summary.md").write_text(summarise(path, "variant", order))
+            own = Path(args.data).name
+            table = check_summary(path, order, own)
+            (folder / "summary.md").write_text(table + "\n" + summarise(path, "variant", order))
             plot_check(check, path, folder / "check.png")
 
         run_sweep(run_one, jobs, args, csv_path, FIELDS, after=after)
