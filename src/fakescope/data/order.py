@@ -23,6 +23,7 @@ class TrainOrder(torch.utils.data.Sampler):
     def __init__(self, rank: int = 0, world: int = 1):
         self.rank, self.world = rank, world
         self.epoch, self.seed, self.skip = 0, 0, 0
+        self._drawn: tuple | None = None  # ((epoch, seed), padded order): len and iter share it
 
     def set_epoch(self, epoch: int, seed: int = 0, start_batch: int = 0, batch_size: int = 1):
         """The epoch (and its seed) to draw, and the global batches already trained."""
@@ -32,9 +33,11 @@ class TrainOrder(torch.utils.data.Sampler):
         raise NotImplementedError
 
     def _padded(self) -> list[int]:
-        order = self.epoch_order()
-        short = -len(order) % self.world
-        return order + order[:short]
+        key = (self.epoch, self.seed)
+        if self._drawn is None or self._drawn[0] != key:
+            order = self.epoch_order()
+            self._drawn = (key, order + order[: -len(order) % self.world])
+        return self._drawn[1]
 
     def __len__(self) -> int:
         return max(0, len(self._padded()) - self.skip) // self.world
