@@ -47,6 +47,30 @@ def test_precision_fp32_never_autocasts():
         select_runtime("cpu", precision="fp16")
 
 
+def test_bf16_probe_is_torch_s_and_agrees_with_the_kernel():
+    """The probes must exist (torch 2.14 moved them once and the old lookup found nothing, so bf16
+    stayed off on every machine) and answer as the kernel's CPU flags do."""
+    import torch
+
+    from fakescope.model.runtime import (
+        BF16_FLAGS,
+        BF16_PROBES,
+        cpu_flags,
+        cpu_has_bf16,
+        select_runtime,
+    )
+
+    for name in BF16_PROBES:
+        assert callable(getattr(torch.cpu, name)), f"torch.cpu.{name} is gone"
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the kernel's flags are read on Linux")
+    flags = cpu_flags()
+    assert "sse2" in flags or "asimd" in flags or "fp" in flags  # the flags were read at all
+    assert cpu_has_bf16() == bool(flags & set(BF16_FLAGS))
+    rt = select_runtime("cpu")
+    assert (rt.amp_dtype == torch.bfloat16) == cpu_has_bf16()
+
+
 def test_bench_times_the_loader_beside_the_model():
     """`fakescope bench --data` on real images: the loader's rate for each worker count and
     the model's training rate, each a positive number, with a verdict per worker count."""

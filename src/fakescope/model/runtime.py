@@ -11,18 +11,30 @@ import torch
 
 from ..errors import FakescopeError
 
+BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # in torch.cpu
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # the same, as /proc/cpuinfo names them
+
 
 def cpu_has_bf16() -> bool:
     # AVX-512 bf16 or AMX make bf16 autocast several times faster than fp32; without them it is
-    # emulated and slower, so it stays off.
-    cpu = getattr(torch._C, "_cpu", None)
-    if cpu is None:
-        return False
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        fn = getattr(cpu, probe, None)
-        if fn is not None and fn():
-            return True
-    return False
+    # emulated and slower, so it stays off. torch.cpu holds the probes (torch >= 2.3); an older
+    # torch gets the kernel's answer where there is one.
+    probes = [getattr(torch.cpu, name, None) for name in BF16_PROBES]
+    if all(fn is not None for fn in probes):
+        return any(fn() for fn in probes)
+    return bool(cpu_flags() & set(BF16_FLAGS))
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def keep_freed_memory() -> bool:
