@@ -17,9 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from .commands import compare, predict, serve, tools, train
+    from .commands import compare, export, predict, serve, tools, train
 
-    for group in (train, predict, compare, serve, tools):
+    for group in (train, predict, compare, export, serve, tools):
         group.add(sub)
     return p
 

@@ -22,3 +22,9 @@ def crash_point(name: str) -> None:
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] == int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def injected(name: str) -> bool:
+    """Whether ``FAKESCOPE_FAULT`` (a comma-separated list) names this fault: a deliberately
+    wrong result the tests need to see refused (e.g. ``export``: a damaged exported model)."""
+    return name in os.environ.get("FAKESCOPE_FAULT", "").split(",")

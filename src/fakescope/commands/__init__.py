@@ -1,1 +1,12 @@
 """The subcommands of `fakescope`, one module per group; each exposes ``add(subparsers)``."""
+
+
+def add_runtime_option(p) -> None:
+    """``--runtime`` as predict, evaluate and serve take it (``scoring/engines.py``)."""
+    p.add_argument(
+        "--runtime",
+        default="auto",
+        choices=["auto", "torch", "onnx", "openvino"],
+        help="what runs the network: auto takes the fastest export of the run that passed its "
+        "accuracy check (`fakescope export`), else torch; it says which it took",
+    )

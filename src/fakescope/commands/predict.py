@@ -7,6 +7,8 @@ import csv
 import sys
 from pathlib import Path
 
+from . import add_runtime_option
+
 
 def _add_predict(sub):
     p = sub.add_parser(
@@ -37,6 +39,7 @@ def _add_predict(sub):
     p.add_argument("--threshold", type=float, default=None, help="override the stored one")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
+    add_runtime_option(p)
     p.add_argument(
         "--explain", action="store_true", help="write Grad-CAM overlays next to the results"
     )
@@ -70,6 +73,7 @@ def cmd_predict(a) -> int:
         face_margin=a.face_margin,
         frames=a.frames,
         threshold=a.threshold,
+        runtime=a.runtime,
     )
     explain_dir = None
     if a.explain:
@@ -100,7 +104,11 @@ def cmd_predict(a) -> int:
         if a.json:
             write_json(Path(a.json), rows)
     n_files = len({r["path"] for r in rows})
-    print(f"{n_files} file(s), {failed} failed; threshold {pred.threshold:.4f}", file=sys.stderr)
+    print(
+        f"{n_files} file(s), {failed} failed; threshold {pred.threshold:.4f} "
+        f"({pred.scorer.engine})",
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 

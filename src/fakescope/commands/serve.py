@@ -7,6 +7,7 @@ import ipaddress
 import os
 
 from ..errors import FakescopeError
+from . import add_runtime_option
 
 
 def _add_serve(sub):
@@ -26,6 +27,7 @@ def _add_serve(sub):
     p.add_argument("--api-key", default=None, help="required key (default: $FAKESCOPE_API_KEY)")
     p.add_argument("--faces", choices=["auto", "always", "never"], default="auto")
     p.add_argument("--device", default="auto")
+    add_runtime_option(p)
     p.add_argument("--frames", type=int, default=16, help="frames sampled per video")
     p.add_argument("--max-batch", type=int, default=16, help="images per forward pass (1: off)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="batch collection window")
@@ -60,7 +62,9 @@ def cmd_serve(a) -> int:
 
     limits = Limits(a.max_file_mb, a.max_files, a.max_video_seconds, a.max_inflight, a.timeout,
                     a.max_batch, a.max_wait_ms)  # fmt: skip
-    pred = Predictor(a.run, device=a.device, faces=a.faces, frames=a.frames, progress=False)
+    pred = Predictor(
+        a.run, device=a.device, faces=a.faces, frames=a.frames, progress=False, runtime=a.runtime
+    )
     uvicorn.run(create_app(pred, limits, key), host=a.host, port=a.port, log_level="info")
     return 0
 

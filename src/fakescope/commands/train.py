@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..config import TrainConfig
+from . import add_runtime_option
 
 DEFAULT_DATA = TrainConfig().data[0]
 
@@ -107,7 +108,7 @@ def cmd_train(a) -> int:
 
 
 def _evaluate_and_print(
-    run, data, split, out, batch_size, device, explain=0, faces=None, reencode=None
+    run, data, split, out, batch_size, device, explain=0, faces=None, reencode=None, runtime="auto"
 ) -> int:
     from ..evaluation.evaluator import evaluate, headline
 
@@ -121,6 +122,7 @@ def _evaluate_and_print(
         explain=explain,
         faces=faces,
         reencode=reencode,
+        runtime=runtime,
     )
     out = Path(out) if out else Path(run) / f"eval-{Path(data).name}-{m['split']}"
     print(headline(m))
@@ -174,10 +176,20 @@ def _add_evaluate(sub):
         metavar="Q",
         help="re-save every image as JPEG quality Q first (a compression-shortcut test)",
     )
+    add_runtime_option(p)
     p.set_defaults(
         func=lambda a: _evaluate_and_print(
-            a.run, a.data, a.split, a.out, a.batch_size, a.device, a.explain, a.faces, a.reencode
-        )
+            a.run,
+            a.data,
+            a.split,
+            a.out,
+            a.batch_size,
+            a.device,
+            a.explain,
+            a.faces,
+            a.reencode,
+            a.runtime,
+        )  # fmt: skip
     )
 
 

@@ -102,6 +102,7 @@ def evaluate(
     explain: int = 24,
     reencode: int | None = None,
     progress: bool = True,
+    runtime: str = "auto",
 ) -> dict:
     """Score ``data`` with ``run`` and write metrics.json, plots and report.html into ``out``
     (default RUN/eval-<data>-<split>). ``explain`` > 0 adds Grad-CAM maps of that many faces
@@ -116,13 +117,13 @@ def evaluate(
     out = Path(out) if out else run.path / f"eval-{data.name}-{split}"
     out.mkdir(parents=True, exist_ok=True)
     faces = faces or run.meta.face_mode
-    scorer = Scorer.of_run(run, device, batch_size)
+    scorer = Scorer.of_run(run, device, batch_size, runtime)
     prepare = face_prepare(run, faces)
     # a deterministic "augmentation": every image re-encoded at exactly this quality
     recode = Augment(hflip=False, jpeg_prob=1.0, jpeg_quality=(reencode,) * 2) if reencode else None
     ds = scoring_dataset(run, data, samples, recode, prepare)
     s, y, loss = scorer.score_loader(make_loader(ds, batch_size), f"scoring {split}", progress)
-    thr, stored = run.threshold, run.meta.thresholds
+    thr, stored = scorer.threshold, scorer.thresholds
     result = M.summarize(y, s, thr)
     kde = M.kde_analysis(y, s, roc_threshold=thr)
     sweep = M.sweep(y, s)
@@ -134,6 +135,7 @@ def evaluate(
             "reencoded_jpeg_quality": reencode,
             "faces": faces,
             "loss": loss,
+            "runtime": scorer.engine,
             "threshold_source": {k: stored[k] for k in ("criterion", "computed_on")},
             "stored_thresholds": {k: stored.get(k) for k in ("youden", "f1", "kde_intersection")},
             "at_f1_threshold": M.at_threshold(y, s, stored["f1"]),
@@ -163,7 +165,7 @@ def evaluate(
     if explain:
         from ..scoring.explain import explanation_figures
 
-        model = scorer.runtime.prepare(run.model).eval()
+        model = scorer.torch_runtime().prepare(run.model).eval()
         expl = explanation_figures(model, thr, ds, y, s, out, per_class=explain)
         figures.update(expl["figures"])
         result["explanations"] = expl["summary"]

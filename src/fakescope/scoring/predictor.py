@@ -86,13 +86,14 @@ class Predictor:
         frames=16,
         threshold: float | None = None,
         progress=True,
+        runtime: str = "auto",
     ):
         self.run = run if isinstance(run, Run) else load_run(run)
-        self.scorer = Scorer.of_run(self.run, device, batch_size)
+        self.scorer = Scorer.of_run(self.run, device, batch_size, runtime)
         # Grad-CAM needs the unfolded network, on the scorer's device
-        self.model = self.scorer.runtime.prepare(self.run.model).eval()
+        self.model = self.scorer.torch_runtime().prepare(self.run.model).eval()
         self.batch_size, self.frames, self.progress = batch_size, frames, progress
-        self.threshold = self.run.threshold if threshold is None else float(threshold)
+        self.threshold = self.scorer.threshold if threshold is None else float(threshold)
         self.faces = faces
         margin = face_margin or self.run.meta.face_margin
         self._cropper = None

@@ -52,19 +52,47 @@ class Scorer:
     """Scores for one model as its run specifies. Build it with ``Scorer.of_run`` (a trained
     run) or ``Scorer(TorchBackend(model, runtime), spec)`` (a model in training)."""
 
-    def __init__(self, backend: Backend, spec: ModelSpec, batch_size: int = 32):
+    def __init__(
+        self,
+        backend: Backend,
+        spec: ModelSpec,
+        batch_size: int = 32,
+        threshold: float = 0.5,
+        thresholds: dict | None = None,
+        engine: str = "torch",
+    ):
         self.backend, self.spec, self.batch_size = backend, spec, batch_size
+        # the verdict threshold that belongs to these scores (an export recalibrates its own)
+        # and the calibration it came from
+        self.threshold, self.thresholds, self.engine = threshold, thresholds or {}, engine
 
     @classmethod
-    def of_run(cls, run: str | Run, device: str = "auto", batch_size: int = 32) -> Scorer:
+    def of_run(
+        cls, run: str | Run, device: str = "auto", batch_size: int = 32, runtime: str = "auto"
+    ) -> Scorer:
+        """``runtime``: torch, onnx, openvino, or auto (the fastest checked export, else torch;
+        ``scoring/engines.py``)."""
+        from .engines import backend_of, choose
+
         run = run if isinstance(run, Run) else load_run(run)
-        runtime = select_runtime(device, precision=run.spec.precision)
-        log.info("scoring on %s", runtime.describe())
-        return cls(TorchBackend(run.model, runtime), run.spec, batch_size)
+        art = choose(run, runtime, device)
+        if art is not None:
+            log.info("scoring with %s", art.describe())
+            own = {**art.info["check"]["thresholds"], "computed_on": f"val ({art.name})"}
+            return cls(backend_of(art), run.spec, batch_size, art.threshold, own, art.name)
+        rt = select_runtime(device, precision=run.spec.precision)
+        log.info("scoring with torch on %s", rt.describe())
+        return cls(
+            TorchBackend(run.model, rt), run.spec, batch_size, run.threshold, run.meta.thresholds
+        )
 
     @property
     def runtime(self) -> Runtime | None:
         return getattr(self.backend, "runtime", None)
+
+    def torch_runtime(self) -> Runtime:
+        """Where the run's own network runs beside an export (Grad-CAM needs its layers)."""
+        return self.runtime or select_runtime("cpu", precision=self.spec.precision)
 
     def tensors(self, images) -> torch.Tensor:
         """The network's input for PIL images, as the run's spec says (size, fit, normalisation)."""
@@ -74,7 +102,7 @@ class Scorer:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Fake logits of a normalised batch; with TTA the mean over the image and its mirror."""
         out = self.backend.logits(x)
-        if self.spec.tta:
+        if self.spec.tta and not getattr(self.backend, "tta_inside", False):
             out = (out + self.backend.logits(torch.flip(x, dims=[3]))) / 2
         return out
 

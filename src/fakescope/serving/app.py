@@ -263,8 +263,9 @@ def create_app(predictor, limits: Limits | None = None, api_key: str | None = No
             "tta": s.tta,
             "threshold": predictor.threshold,
             "threshold_chosen": {
-                k: meta.thresholds.get(k) for k in ("criterion", "computed_on", "n_val")
+                k: predictor.scorer.thresholds.get(k) for k in ("criterion", "computed_on", "n_val")
             },  # fmt: skip
+            "runtime": predictor.scorer.engine,
             "faces": {"mode": predictor.faces, "margin": meta.face_margin},
             "training_data": [
                 {k: src.get(k) for k in ("name", "sha256", "counts")} for src in meta.sources

@@ -1,0 +1,54 @@
+"""`fakescope export`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _add_export(sub):
+    p = sub.add_parser(
+        "export",
+        help="the run's network as ONNX or OpenVINO (optionally int8), checked before kept",
+        description="Write RUN/export/<runtime>-<fp32|int8>.* and a JSON beside it. The exported "
+        "graph takes the normalised image batch (dynamic batch size) and holds the network, the "
+        "mirror-image average when the run uses it, and the sigmoid. int8 is static quantisation "
+        "calibrated on the run's training images. Every export scores the validation split and "
+        "is kept only if its AUC is within 0.002 of the torch model's; its own threshold is "
+        "recalibrated on those scores. predict, evaluate and serve then use it (--runtime).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run", help="run folder made by `fakescope train`")
+    p.add_argument("--to", choices=["onnx", "openvino"], default="onnx")
+    p.add_argument("--int8", action="store_true", help="post-training static quantisation")
+    p.add_argument(
+        "--data", default=None, help="the run's data folder, if it moved (default: as stored)"
+    )
+    p.add_argument(
+        "--limit", type=int, default=0, help="validation images per class for the check (0: all)"
+    )
+    p.add_argument(
+        "--calibration", type=int, default=128, help="training images per class to calibrate int8"
+    )
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(a) -> int:
+    from ..scoring.export import export_run
+
+    art = export_run(a.run, a.to, a.int8, a.data, a.limit, a.calibration)
+    c = art.info["check"]
+    print(f"kept {art.model_file}")
+    print(
+        f"  val AUC {c['auc']:.4f} (torch {c['auc_torch']:.4f}), threshold {art.threshold:.4f} "
+        f"(torch {c['threshold_torch']:.4f}), F1 {c['f1_at_own_threshold']:.4f} "
+        f"(torch {c['f1_torch_at_its_threshold']:.4f})"
+    )
+    print(
+        f"  model only: {c['img_per_s']:.1f} img/s (torch {c['torch_img_per_s']:.1f}) "
+        f"on {art.info['cpu']}"
+    )
+    return 0
+
+
+def add(sub) -> None:
+    _add_export(sub)

@@ -1,0 +1,154 @@
+"""Exported runtimes behind the scoring seam: ONNX Runtime and OpenVINO, and the choice of one.
+
+An export (``fakescope export``, ``scoring/export.py``) leaves ``RUN/export/NAME.json`` beside
+its model file. The JSON says which run weights it came from, the threshold recalibrated on its
+own validation scores, and the accuracy check it passed. ``open_backend`` turns a run and a
+``--runtime`` choice into a ``Backend`` for ``Scorer``: ``torch`` is the run's own network;
+``auto`` takes the fastest checked export for these weights (by the model-only rate measured at
+export) and falls back to torch where there is none or a GPU is there to use.
+
+The exported graph takes the normalised batch ``Scorer.tensors`` makes and holds the rest: the
+network, the mirror-image average when the run uses it, and the sigmoid. Its ``logits`` are
+therefore already averaged over the mirror (``tta_inside``), and ``Scorer`` does not flip again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import FakescopeError
+from ..runs import Run
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "torch", "onnx", "openvino")
+EXPORT_DIR = "export"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One checked export of a run: its files and what the check measured."""
+
+    name: str  # e.g. onnx-int8
+    runtime: str  # onnx | openvino
+    int8: bool
+    model_file: Path
+    info: dict  # the JSON beside it
+
+    @property
+    def threshold(self) -> float:
+        return float(self.info["threshold"])
+
+    @property
+    def rate(self) -> float:
+        return float(self.info["check"]["img_per_s"])
+
+    def describe(self) -> str:
+        c = self.info["check"]
+        return (
+            f"{self.name} (checked on {c['n']} {c['split']} images: AUC {c['auc']:.4f} against "
+            f"torch's {c['auc_torch']:.4f}; {c['img_per_s']:.0f} img/s at export)"
+        )
+
+
+def artifacts(run: Run) -> list[Artifact]:
+    """The run's exports that passed their check and were made from its current weights."""
+    out = []
+    for f in sorted((run.path / EXPORT_DIR).glob("*.json")):
+        try:
+            info = json.loads(f.read_text())
+            float(info["threshold"]), float(info["check"]["img_per_s"])  # both must be there
+            art = Artifact(
+                f.stem, info["runtime"], bool(info["int8"]), f.parent / info["file"], info
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("%s: not a readable export description (%s); ignored", f, e)
+            continue
+        if info.get("weights_sha256") != run.meta.weights_sha256:
+            log.warning("%s: made from other weights than the run's; ignored", f)
+            continue
+        if not info["check"].get("passed") or not art.model_file.exists():
+            continue
+        out.append(art)
+    return out
+
+
+class OnnxBackend:
+    tta_inside = True
+    runtime = None  # no torch runtime: Grad-CAM and training use the run's own network
+
+    def __init__(self, model_file: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                str(model_file), opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise FakescopeError(f"{model_file}: ONNX Runtime cannot load it ({e})") from None
+        self.input = self.session.get_inputs()[0].name
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(["logit"], {self.input: x.numpy().astype(np.float32, copy=False)})
+        return torch.from_numpy(np.asarray(out[0], np.float32).reshape(-1))
+
+
+class OpenVinoBackend:
+    tta_inside = True
+    runtime = None
+
+    def __init__(self, model_file: Path, threads: int | None = None):
+        import openvino as ov
+
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            self.model = ov.Core().compile_model(str(model_file), "CPU", config)
+        except Exception as e:  # OpenVINO raises RuntimeError with its own text
+            raise FakescopeError(f"{model_file}: OpenVINO cannot load it ({e})") from None
+        self.request = self.model.create_infer_request()
+        self.output = self.model.output("logit")
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.request.infer([x.numpy()])[self.output]
+        return torch.from_numpy(np.asarray(out, np.float32).reshape(-1).copy())
+
+
+def backend_of(art: Artifact, threads: int | None = None):
+    cls = {"onnx": OnnxBackend, "openvino": OpenVinoBackend}[art.runtime]
+    return cls(art.model_file, threads)
+
+
+def choose(run: Run, runtime: str = "auto", device: str = "auto") -> Artifact | None:
+    """The export ``runtime`` asks for (None: the run's torch network). ``onnx``/``openvino``
+    take that runtime's fastest checked export and fail if there is none; ``auto`` the fastest
+    of all, unless torch is faster by the export's own measurement or a GPU is there."""
+    if runtime not in RUNTIMES:
+        raise FakescopeError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    if runtime == "torch":
+        return None
+    gpu = device not in ("auto", "cpu") or (device == "auto" and torch.cuda.is_available())
+    if runtime == "auto" and gpu:
+        return None  # the exports run on CPU providers
+    found = [a for a in artifacts(run) if runtime == "auto" or a.runtime == runtime]
+    if not found:
+        if runtime == "auto":
+            return None
+        raise FakescopeError(
+            f"{run.path}: no checked {runtime} export of these weights "
+            f"(make one with `fakescope export {run.path} --to {runtime}`)"
+        )
+    best = max(found, key=lambda a: a.rate)
+    if runtime == "auto" and best.info["check"].get("torch_img_per_s", 0) >= best.rate:
+        return None
+    return best

@@ -1,0 +1,271 @@
+"""``fakescope export``: a run's network as an ONNX or OpenVINO model, optionally int8, checked.
+
+The graph takes the normalised batch (N, 3, S, S) the run's transform makes, with a dynamic
+batch, and returns ``logit`` and ``score`` (the sigmoid); with mirror-image TTA both images go
+through the network as one batch of 2N and their logits are averaged inside the graph. int8 is
+post-training static quantisation calibrated on the run's own training images: ONNX Runtime's
+``quantize_static`` (QDQ, per-channel weights) for ONNX, NNCF for OpenVINO.
+
+Every export is checked before it is kept (``check``): it scores the validation split, and its
+AUC must be within ``AUC_TOLERANCE`` of the torch model's on the same images. Its own threshold
+is recalibrated on those scores by the run's criterion (int8 moves scores), and the check's
+numbers and the model-only rate of both runtimes are written beside the model. An export that
+fails is removed and refused with its numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.dataset import make_loader
+from ..errors import FakescopeError
+from ..evaluation import metrics as M
+from ..evaluation.evaluator import face_prepare, scoring_dataset, split_samples
+from ..evaluation.sets import cap_per_class
+from ..faults import injected
+from ..model.runtime import select_runtime
+from ..runs import Run, load_run, write_json
+from .engines import EXPORT_DIR, Artifact, backend_of
+from .scorer import Scorer, TorchBackend
+
+log = logging.getLogger(__name__)
+
+AUC_TOLERANCE = 0.002
+CALIBRATION_IMAGES = 128  # per class, from the training split
+
+
+class _Graph(nn.Module):
+    """What scoring needs after the transform: the network, the mirror average, the sigmoid."""
+
+    def __init__(self, model: nn.Module, tta: bool):
+        super().__init__()
+        self.model, self.tta = model, tta
+
+    def forward(self, image):
+        if self.tta:
+            logit = self.model(torch.cat([image, image.flip(3)])).reshape(2, -1).mean(0)
+        else:
+            logit = self.model(image).reshape(-1)
+        return logit, torch.sigmoid(logit)
+
+
+def _data_of(run: Run, data: str | Path | None) -> Path:
+    if data:
+        return Path(data)
+    for src in run.meta.sources:
+        root = src.get("root")
+        if root and Path(root).is_dir():
+            return Path(root)
+    raise FakescopeError(
+        f"{run.path}: none of the run's data folders is here; name one with --data "
+        "(its val split checks the export, its train split calibrates int8)"
+    )
+
+
+def _loader(run: Run, data: Path, split: str, limit: int, batch_size: int):
+    samples, _ = split_samples(run, data, split)
+    if limit:
+        samples = cap_per_class(samples, limit)
+    if len({s.label for s in samples}) < 2:
+        raise FakescopeError(f"{data}: split {split!r} needs images of both classes")
+    ds = scoring_dataset(run, data, samples, prepare=face_prepare(run))
+    return make_loader(ds, batch_size)
+
+
+def _onnx(run: Run, path: Path, batch: int) -> None:
+    graph = _Graph(run.model.eval(), run.tta).eval()
+    x = torch.zeros(batch, 3, run.input_size, run.input_size)
+    torch.onnx.export(
+        graph, (x,), str(path), input_names=["image"], output_names=["logit", "score"],
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), dynamo=True,
+        external_data=False, verbose=False,
+    )  # fmt: skip
+
+
+def _calibration(loader):
+    for x, _, _ in loader:
+        yield x.numpy()
+
+
+def _onnx_int8(fp32: Path, out: Path, calib) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calib)
+
+        def get_next(self):
+            x = next(self.batches, None)
+            return None if x is None else {"image": x}
+
+    pre = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32), str(pre))
+    # percentile ranges: min/max let rare outliers widen mobilenet_v2's activation ranges
+    # (val AUC 0.0018 below fp32 on sg-ffhq against 0.0009, docs/benchmarks.md)
+    quantize_static(
+        str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.Percentile,
+    )  # fmt: skip
+    pre.unlink()
+
+
+def _openvino(fp32_onnx: Path, out: Path, calib, int8: bool) -> None:
+    import openvino as ov
+
+    model = ov.convert_model(str(fp32_onnx))
+    if int8:
+        import nncf
+
+        batches = list(calib)
+        model = nncf.quantize(
+            model, nncf.Dataset(batches), subset_size=sum(len(b) for b in batches)
+        )
+    ov.save_model(model, str(out), compress_to_fp16=False)
+
+
+def _timed_scores(backend, spec, loader) -> tuple[np.ndarray, np.ndarray, float]:
+    """(scores, labels, model-only img/s) of a backend over a loader."""
+    scorer = Scorer(backend, spec)
+    scores, labels, seconds, n = [], [], 0.0, 0
+    for x, y, _ in loader:
+        t = time.perf_counter()
+        scores.append(torch.sigmoid(scorer.logits(x)).numpy())
+        seconds += time.perf_counter() - t
+        labels.append(y.numpy())
+        n += len(x)
+    return np.concatenate(scores), np.concatenate(labels).astype(int), n / max(seconds, 1e-9)
+
+
+def check(run: Run, model_file: Path, runtime: str, val_loader) -> dict:
+    """Score the validation loader with the exported model and with torch; the numbers that
+    decide whether the export is kept, and its recalibrated thresholds."""
+    art = Artifact(model_file.stem, runtime, False, model_file, {})
+    s, y, rate = _timed_scores(backend_of(art), run.spec, val_loader)
+    # the reference is the network as trained, in fp32: what the export must reproduce
+    rt = select_runtime("cpu", precision="fp32")
+    ts, ty, trate = _timed_scores(TorchBackend(run.model, rt), run.spec, val_loader)
+    torch_runtime = rt.describe()
+    auc, auc_torch = float(M.threshold_free(y, s)["auc"]), float(M.threshold_free(ty, ts)["auc"])
+    criterion = run.meta.thresholds.get("criterion", "youden")
+    thresholds = M.ideal_thresholds(y, s)
+    threshold = float(thresholds[criterion])
+    return {
+        "split": "val",
+        "n": int(len(y)),
+        "auc": auc,
+        "auc_torch": auc_torch,
+        "auc_tolerance": AUC_TOLERANCE,
+        "passed": bool(abs(auc - auc_torch) <= AUC_TOLERANCE),
+        "max_abs_score_difference": float(np.abs(s - ts).max()),
+        "threshold_torch": float(run.threshold),  # the run's, calibrated at training
+        "f1_at_own_threshold": M.at_threshold(y, s, threshold)["f1"],
+        "f1_torch_at_its_threshold": M.at_threshold(ty, ts, run.threshold)["f1"],
+        "img_per_s": rate,
+        "torch_img_per_s": trate,
+        "torch_runtime": torch_runtime,
+        "thresholds": {**thresholds, "criterion": criterion},
+    }
+
+
+def export_run(
+    run: str | Path | Run,
+    to: str = "onnx",
+    int8: bool = False,
+    data: str | Path | None = None,
+    limit: int = 0,
+    calibration: int = CALIBRATION_IMAGES,
+    batch_size: int = 16,
+) -> Artifact:
+    """Export, check and keep (or refuse) one artifact; returns it. ``limit`` caps the
+    validation images per class (0: all); ``calibration`` the training images per class."""
+    if to not in ("onnx", "openvino"):
+        raise FakescopeError(f"--to must be onnx or openvino, not {to!r}")
+    run = run if isinstance(run, Run) else load_run(run)
+    data = _data_of(run, data)
+    name = f"{to}-{'int8' if int8 else 'fp32'}"
+    folder = run.path / EXPORT_DIR
+    folder.mkdir(exist_ok=True)
+    val = _loader(run, data, "val", limit, batch_size)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=f".{name}-") as tmp:
+        tmp = Path(tmp)
+        log.info("exporting %s to ONNX", run.path)
+        _onnx(run, tmp / "fp32.onnx", batch_size)
+        calib = _loader(run, data, "train", calibration, batch_size) if int8 else None
+        if to == "onnx":
+            model_file = tmp / f"{name}.onnx"
+            if int8:
+                log.info("calibrating int8 on up to %d training images per class", calibration)
+                _onnx_int8(tmp / "fp32.onnx", model_file, _calibration(calib))
+            else:
+                (tmp / "fp32.onnx").rename(model_file)
+        else:
+            model_file = tmp / f"{name}.xml"
+            _openvino(tmp / "fp32.onnx", model_file, _calibration(calib) if int8 else (), int8)
+        if injected("export"):  # tests: a broken export must be refused, not kept
+            _break(model_file)
+        log.info("checking %s on the validation split", name)
+        result = check(run, model_file, to, val)
+        if not result["passed"]:
+            raise FakescopeError(
+                f"{name} export refused: validation AUC {result['auc']:.4f} against torch's "
+                f"{result['auc_torch']:.4f} (allowed difference {AUC_TOLERANCE}); scores differ "
+                f"by up to {result['max_abs_score_difference']:.4f}. Nothing was kept."
+            )
+        kept = [model_file, *([model_file.with_suffix(".bin")] if to == "openvino" else [])]
+        for f in kept:
+            shutil.move(str(f), folder / f.name)
+    info = {
+        "runtime": to,
+        "int8": int8,
+        "file": model_file.name,
+        "weights_sha256": run.meta.weights_sha256,
+        "threshold": result["thresholds"][result["thresholds"]["criterion"]],
+        "check": result,
+        "data": str(data),
+        "calibration_images_per_class": calibration if int8 else 0,
+        "input": f"float32 (N, 3, {run.input_size}, {run.input_size}), normalised",
+        "outputs": "logit, score (sigmoid)" + (", mirror-averaged" if run.tta else ""),
+        "cpu": _cpu(),
+        "made": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    write_json(folder / f"{name}.json", info)
+    art = Artifact(name, to, int8, folder / model_file.name, info)
+    log.info("kept %s", art.describe())
+    return art
+
+
+def _break(model_file: Path) -> None:
+    """Scale every weight of the exported model's largest tensor: a deliberately broken export."""
+    import onnx
+    from onnx import numpy_helper
+
+    if model_file.suffix != ".onnx":
+        raise FakescopeError("the 'export' fault applies to ONNX exports")
+    m = onnx.load(str(model_file))
+    big = max(m.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    arr = numpy_helper.to_array(big)
+    big.CopyFrom(numpy_helper.from_array((arr * -3).astype(arr.dtype), big.name))
+    onnx.save(m, str(model_file))
+
+
+def _cpu() -> str:
+    from ..model.runtime import cpu_flags
+
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx2")))
+    return f"{torch.get_num_threads()} threads; " + (" ".join(flags) or "flags unknown")

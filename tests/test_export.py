@@ -1,0 +1,146 @@
+"""`fakescope export` and `--runtime`: real ONNX Runtime and OpenVINO models of a trained run,
+checked on its validation split, then chosen by predict, evaluate and serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fakescope.errors import FakescopeError
+from fakescope.model.runtime import select_runtime
+from fakescope.runs import load_run
+from fakescope.scoring.engines import artifacts, choose
+from fakescope.scoring.export import export_run
+from fakescope.scoring.predictor import Predictor
+from fakescope.scoring.scorer import Scorer, TorchBackend
+
+from .conftest import SG, sg_images
+from .test_training_options import tiny_run
+
+LIMIT = 16  # validation images per class for the checks: enough to rank, quick on 2 cores
+
+
+@pytest.fixture(scope="module")
+def run_copy(tmp_path_factory):
+    """A run of its own (exports must not reach other tests' `auto` choice), with mirror TTA
+    so the graph's average is exercised: three batches at 96 px, 16 images per class."""
+    return tiny_run(tmp_path_factory.mktemp("export") / "run", tta=True, limit_per_class=LIMIT)
+
+
+@pytest.fixture(scope="module")
+def onnx_fp32(run_copy):
+    return export_run(run_copy, "onnx", limit=LIMIT)
+
+
+def test_the_onnx_graph_scores_as_torch_does(run_copy, onnx_fp32):
+    """Mirror average and sigmoid inside the graph, dynamic batch: the same P(fake) as the
+    fp32 torch scorer for batches of 1 and 5."""
+    run = load_run(run_copy)
+    assert run.tta
+    info = json.loads((run_copy / "export" / "onnx-fp32.json").read_text())
+    assert info["check"]["passed"] and info["check"]["n"] == 2 * LIMIT
+    assert abs(info["check"]["auc"] - info["check"]["auc_torch"]) <= 0.002
+    assert info["weights_sha256"] == run.meta.weights_sha256
+    assert 0 < info["threshold"] < 1 and info["check"]["thresholds"]["criterion"] == "youden"
+    exported = Scorer.of_run(run, "cpu", runtime="onnx")
+    assert exported.engine == "onnx-fp32" and exported.threshold == info["threshold"]
+    reference = Scorer(TorchBackend(run.model, select_runtime("cpu", precision="fp32")), run.spec)
+    from PIL import Image
+
+    images = [Image.open(p).convert("RGB") for p in sg_images("fake", n=3) + sg_images("real", n=2)]
+    for batch in (images[:1], images):
+        got, want = exported.score_images(batch), reference.score_images(batch)
+        assert got.shape == (len(batch),)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_a_broken_export_is_refused_with_its_numbers(run_copy, onnx_fp32):
+    env = {**os.environ, "FAKESCOPE_FAULT": "export", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "fakescope.cli", "export", str(run_copy), "--to", "onnx",
+           "--limit", str(LIMIT)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("fakescope: error: onnx-fp32 export refused: validation AUC")
+    assert "Nothing was kept" in last and "Traceback" not in r.stderr
+    # the earlier good export is untouched, and no stray files are left
+    left = sorted(p.name for p in (run_copy / "export").iterdir())
+    assert left == ["onnx-fp32.json", "onnx-fp32.onnx"]
+    assert json.loads((run_copy / "export" / "onnx-fp32.json").read_text())["check"]["passed"]
+
+
+def test_openvino_int8_is_checked_and_calibrated(run_copy, onnx_fp32):
+    """NNCF's int8 from the run's own training images: kept only within 0.002 AUC; either
+    way the numbers are there (an int8 model that misses is refused, not kept)."""
+    try:
+        art = export_run(run_copy, "openvino", int8=True, limit=LIMIT, calibration=8)
+    except FakescopeError as e:
+        assert "refused: validation AUC" in str(e)
+        assert not (run_copy / "export" / "openvino-int8.json").exists()
+        return
+    c = art.info["check"]
+    assert art.int8 and c["passed"] and abs(c["auc"] - c["auc_torch"]) <= 0.002
+    assert art.info["calibration_images_per_class"] == 8
+    assert (run_copy / "export" / "openvino-int8.bin").exists()
+    assert Scorer.of_run(run_copy, "cpu", runtime="openvino").engine == "openvino-int8"
+
+
+def test_runtime_choice(run_copy, onnx_fp32, tmp_path):
+    run = load_run(run_copy)
+    assert choose(run, "torch") is None
+    # the fastest checked export wins auto: here ONNX's alone (the OpenVINO one set aside)
+    aside = [p for p in (run_copy / "export").iterdir() if p.name.startswith("openvino")]
+    for p in aside:
+        p.rename(tmp_path / p.name)
+    assert choose(run, "onnx").name == "onnx-fp32"
+    with pytest.raises(FakescopeError, match="--runtime must be one of"):
+        choose(run, "tensorrt")
+    # auto: the export when it measured faster than torch, torch when not
+    f = run_copy / "export" / "onnx-fp32.json"
+    info = json.loads(f.read_text())
+    try:
+        info["check"].update(img_per_s=100.0, torch_img_per_s=50.0)
+        f.write_text(json.dumps(info))
+        assert choose(run, "auto", "cpu").name == "onnx-fp32"
+        assert choose(run, "auto", "cuda") is None  # exports run on CPU providers
+        info["check"].update(img_per_s=40.0)
+        f.write_text(json.dumps(info))
+        assert choose(run, "auto", "cpu") is None
+        # an export of other weights is never taken, and asked for by name it is an error
+        info["weights_sha256"] = "0" * 64
+        f.write_text(json.dumps(info))
+        assert all(a.name != "onnx-fp32" for a in artifacts(run))
+        with pytest.raises(FakescopeError, match="no checked onnx export"):
+            choose(run, "onnx")
+        assert choose(run, "auto", "cpu") is None
+    finally:
+        info["check"].update(img_per_s=100.0, torch_img_per_s=50.0)
+        info["weights_sha256"] = run.meta.weights_sha256
+        f.write_text(json.dumps(info))
+        for p in aside:
+            (tmp_path / p.name).rename(run_copy / "export" / p.name)
+
+
+def test_predict_and_evaluate_agree_across_runtimes(run_copy, onnx_fp32, tmp_path):
+    from fakescope.evaluation.evaluator import evaluate
+
+    files = sg_images("fake", n=4) + sg_images("real", n=4)
+    rows = {}
+    for rt in ("torch", "onnx"):
+        pred = Predictor(run_copy, device="cpu", faces="never", progress=False, runtime=rt)
+        assert pred.scorer.engine == ("torch" if rt == "torch" else "onnx-fp32")
+        rows[rt] = {r.path: (r.score, r.verdict, pred.threshold) for r in pred.predict(files)}
+    for path, (s_t, v_t, thr_t) in rows["torch"].items():
+        s_o, v_o, thr_o = rows["onnx"][path]
+        if abs(s_o - thr_o) > 0.01 and abs(s_t - thr_t) > 0.01:
+            assert v_t == v_o, path
+    m = evaluate(run_copy, SG, split="val", out=tmp_path, progress=False, explain=0,
+                 runtime="onnx")  # fmt: skip
+    assert m["runtime"] == "onnx-fp32" and m["threshold_source"]["computed_on"] == "val (onnx-fp32)"
+    assert torch.isfinite(torch.tensor(m["auc"]))
