@@ -144,3 +144,15 @@ def test_predict_and_evaluate_agree_across_runtimes(run_copy, onnx_fp32, tmp_pat
                  runtime="onnx")  # fmt: skip
     assert m["runtime"] == "onnx-fp32" and m["threshold_source"]["computed_on"] == "val (onnx-fp32)"
     assert torch.isfinite(torch.tensor(m["auc"]))
+
+
+def test_bench_e2e_times_every_runtime_against_the_eager_baseline(run_copy, onnx_fp32, capsys):
+    from fakescope.bench import run_e2e_bench
+
+    rows = run_e2e_bench(run_copy, SG / "real", faces="never", limit=8, batch=4, iters=1)
+    names = [r["runtime"] for r in rows]
+    assert names[0].startswith("torch fp32 eager") and rows[0]["ratio"] == 1.0
+    assert "onnx-fp32" in names and any(n.startswith("torch cpu") for n in names)
+    assert all(r["e2e"] > 0 and r["model"] > 0 for r in rows)
+    out = capsys.readouterr().out
+    assert "x baseline" in out and "threads" in out  # the CPU beside the figures

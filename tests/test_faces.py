@@ -121,14 +121,17 @@ TIGHT = [
     ids=lambda v: f"{v.parent.parent.name}/{v.name}" if isinstance(v, Path) else f"off{v}",
 )
 def test_auto_scores_face_crops_whole(detector, path, off):
+    """Both ways of answering: the quick Haar test (no probability) and MTCNN alone."""
     im = Image.open(path).convert("RGB")
-    found = FaceCropper("auto", detector=detector).crops(im)
-    assert len(found) == 1
-    face, crop = found[0]
-    assert crop is im
-    assert face is not None and face.confidence >= 0.9
-    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
-    assert abs(cx - im.width / 2) < off * im.width and abs(cy - im.height / 2) < off * im.height
+    for quick in (True, False):
+        found = FaceCropper("auto", detector=detector, quick_test=quick).crops(im)
+        assert len(found) == 1
+        face, crop = found[0]
+        assert crop is im
+        assert face is not None
+        assert face.confidence >= 0.9 if face.confidence is not None else quick
+        cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+        assert abs(cx - im.width / 2) < off * im.width and abs(cy - im.height / 2) < off * im.height
 
 
 def no_face_images():
@@ -262,3 +265,15 @@ def test_detector_loads_lazily():
     assert MTCNNDetector()._net is None
     code = "import sys, fakescope.data.faces; assert 'facenet_pytorch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_quick_test_answers_most_face_crops_and_no_group_photo(group):
+    """It must carry the load on face crops (else it only adds its own cost) and must not take
+    a group photo for one face's crop."""
+    from fakescope.data.faces import QuickTightTest
+
+    q = QuickTightTest()
+    crops = [Image.open(p).convert("RGB") for p in ffhq(4, "real") + ffhq(4, "fake")]
+    assert sum(q.tight_face(im) is not None for im in crops) >= 6
+    assert q.tight_face(group[0]) is None
+    assert all(q.tight_face(im) is None for im in no_face_images())

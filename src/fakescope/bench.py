@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import FakescopeError
 from .model.detector import Detector
-from .model.runtime import Runtime, select_runtime
+from .model.runtime import Runtime, cpu_summary, select_runtime
 from .runs import ModelSpec
 from .scoring.scorer import Scorer, TorchBackend
 
@@ -172,3 +173,81 @@ def run_loader_bench(data, size=299, batch=16, workers=(0, 2), batches=20, devic
         verdict = "keeps up" if r >= train else f"starves the model ({r / train:.2f}x its rate)"
         print(f"  loader, {w} worker(s):        {r:8.1f} img/s   {verdict}")
     return out
+
+
+def _e2e(pred, files: list) -> float:
+    """Files per second from disk to verdicts through ``pred`` (warmed up on a few files)."""
+    for _ in pred.predict(files[:4]):
+        pass
+    t = time.perf_counter()
+    n = sum(1 for r in pred.predict(files) if r.kind != "face" or r.face == 0)
+    assert n >= len(files)
+    return len(files) / (time.perf_counter() - t)
+
+
+def face_stage_rate(files: list, quick: bool, n: int = 60) -> float:
+    """Images per second of the "auto" face stage alone (decoded images in memory)."""
+    from .data.faces import FaceCropper
+    from .data.images import load_rgb
+
+    ims = [load_rgb(f) for f in files[:n]]
+    cropper = FaceCropper("auto", quick_test=quick)
+    cropper.crops(ims[0])  # loads the detector
+    t = time.perf_counter()
+    for im in ims:
+        cropper.crops(im)
+    return len(ims) / (time.perf_counter() - t)
+
+
+def run_e2e_bench(run, data, faces="auto", limit=0, batch=16, workers=2, iters=3) -> list[dict]:
+    """``fakescope bench --e2e``: images/s from files to verdicts for each runtime the run has
+    (torch, and every checked export), the model-only rate of each beside it, and the baseline
+    (the run's network in fp32 eager, files prepared one after another) measured in the same
+    process; then the face stage alone, with and without its quick test."""
+    from .data.images import list_files
+    from .runs import load_run
+    from .scoring.engines import artifacts, backend_of
+    from .scoring.predictor import Predictor
+
+    run = load_run(run)
+    files = list_files([data])
+    files = files[:limit] if limit else files
+    if not files:
+        raise FakescopeError(f"{data}: no images to time")
+    passes = 2 if run.tta else 1
+    x = torch.randn(batch, 3, run.input_size, run.input_size)
+    print(
+        f"fakescope bench --e2e: {run.path} ({run.spec.backbone} at {run.input_size}px, "
+        f"{passes} pass(es) per image), {len(files)} files of {data}, faces {faces}, "
+        f"batch {batch}, CPU: {cpu_summary()}"
+    )
+
+    def predictor(runtime, workers, backend=None):
+        pred = Predictor(run, device="cpu", batch_size=batch, faces=faces, progress=False,
+                         runtime=runtime, workers=workers)  # fmt: skip
+        if backend is not None:
+            pred.scorer.backend = backend
+        return pred
+
+    eager = _Eager(run.model, select_runtime("cpu", fast=False))
+    rows = [("torch fp32 eager, one file at a time (baseline)", predictor("torch", 0, eager))]
+    rows.append((f"torch {select_runtime('cpu', precision=run.spec.precision).describe()}, "
+                 "BN folded", predictor("torch", workers)))  # fmt: skip
+    for art in artifacts(run):
+        pred = predictor("torch", workers, backend_of(art))
+        rows.append((art.name, pred))
+    results = []
+    for name, pred in rows:
+        model = scoring_rate(Scorer(pred.scorer.backend, run.spec, batch), x, iters)
+        results.append({"runtime": name, "e2e": _e2e(pred, files), "model": model})
+    base = results[0]["e2e"]
+    print(f"  {'runtime':58} {'end to end':>12} {'x baseline':>10} {'model only':>12}")
+    for r in results:
+        r["ratio"] = r["e2e"] / base
+        print(f"  {r['runtime']:58} {r['e2e']:8.1f} img/s {r['ratio']:9.2f}x "
+              f"{r['model']:8.1f} img/s")  # fmt: skip
+    if faces == "auto":
+        slow, quick = face_stage_rate(files, False), face_stage_rate(files, True)
+        print(f"  face stage alone (auto): MTCNN {slow:.1f} img/s, with the quick test "
+              f"{quick:.1f} img/s ({quick / slow:.2f}x)")  # fmt: skip
+    return results

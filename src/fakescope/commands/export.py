@@ -27,7 +27,7 @@ def _add_export(sub):
         "--limit", type=int, default=0, help="validation images per class for the check (0: all)"
     )
     p.add_argument(
-        "--calibration", type=int, default=128, help="training images per class to calibrate int8"
+        "--calibration", type=int, default=32, help="training images per class to calibrate int8"
     )
     p.set_defaults(func=cmd_export)
 

@@ -38,6 +38,9 @@ def _add_predict(sub):
     )
     p.add_argument("--threshold", type=float, default=None, help="override the stored one")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--workers", type=int, default=2, help="threads decoding and cropping files ahead"
+    )
     p.add_argument("--device", default="auto")
     add_runtime_option(p)
     p.add_argument(
@@ -74,6 +77,7 @@ def cmd_predict(a) -> int:
         frames=a.frames,
         threshold=a.threshold,
         runtime=a.runtime,
+        workers=a.workers,
     )
     explain_dir = None
     if a.explain:

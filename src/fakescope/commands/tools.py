@@ -26,6 +26,19 @@ def _add_bench(sub):
         "augmentation, resizing) beside the model's training rate, to see a starved GPU",
     )
     p.add_argument("--workers", default="0,2", help="with --data: loader worker counts to time")
+    p.add_argument(
+        "--e2e",
+        default=None,
+        metavar="DIR",
+        help="instead: images/s from the files in DIR to verdicts with --run, for torch and "
+        "each checked export, beside each one's model-only rate and the fp32 eager baseline",
+    )
+    p.add_argument("--run", default=None, help="with --e2e: the run folder to score with")
+    p.add_argument("--faces", default="auto", choices=["auto", "always", "never"])
+    p.add_argument("--limit", type=int, default=0, help="with --e2e: at most this many files")
+    p.add_argument(
+        "--prepare-workers", type=int, default=2, help="with --e2e: threads preparing files"
+    )
     p.set_defaults(func=cmd_bench)
 
 
@@ -33,6 +46,13 @@ def cmd_bench(a) -> int:
     from ..bench import run_bench, run_loader_bench
     from ..errors import FakescopeError
 
+    if a.e2e is not None:
+        from ..bench import run_e2e_bench
+
+        if a.run is None:
+            raise FakescopeError("--e2e needs --run RUN (the run whose model scores the files)")
+        run_e2e_bench(a.run, a.e2e, a.faces, a.limit, a.batch_size, a.prepare_workers, a.iters)
+        return 0
     if a.data is None:
         run_bench(a.backbone, a.input_size, a.batch_size, a.iters, a.device)
         return 0

@@ -9,6 +9,7 @@ See docs/faces.md for how the "auto" rule was measured.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,7 +33,7 @@ TIGHT_MAX_OFFSET = 0.25
 @dataclass(frozen=True)
 class Face:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the image given
-    confidence: float
+    confidence: float | None  # None: found by the quick test, which gives no probability
     # MTCNN's five points: left eye, right eye, nose, mouth left, mouth right (image's left/right)
     landmarks: tuple[tuple[float, float], ...] | None = None
 
@@ -167,6 +168,42 @@ def crop_face(
     return Image.fromarray(out)
 
 
+class QuickTightTest:
+    """A cheap first answer to "auto"'s question, is this image already a face crop: OpenCV's
+    frontal-face Haar cascade on the image shrunk to 128 px, looking only for faces as big as
+    the rule needs. On ../shared it agreed with MTCNN on 232 of 240 crops, never called an
+    image tight that MTCNN did not, at 5.9x MTCNN's rate (docs/faces.md); where it finds no
+    such face (profiles, odd light) MTCNN decides as before."""
+
+    SIDE = 128
+
+    def __init__(self):
+        self._local = threading.local()  # a cascade per thread: OpenCV's is not shareable
+
+    def tight_face(self, im: Image.Image) -> Face | None:
+        cascade = getattr(self._local, "cascade", None)
+        if cascade is None:
+            cascade = self._local.cascade = cv2.CascadeClassifier(
+                cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+            )
+        scale = self.SIDE / min(im.size)
+        size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+        grey = np.asarray(im.convert("L").resize(size, Image.BILINEAR))
+        least = int(TIGHT_MIN_RATIO * self.SIDE)
+        boxes = cascade.detectMultiScale(
+            grey, scaleFactor=1.1, minNeighbors=5, minSize=(least, least)
+        )
+        h, w = grey.shape
+        best, best_off = None, TIGHT_MAX_OFFSET
+        for x, y, bw, bh in boxes:
+            off = max(abs((x + bw / 2) / w - 0.5), abs((y + bh / 2) / h - 0.5))
+            if off <= best_off:
+                best, best_off = (x, y, x + bw, y + bh), off
+        if best is None:
+            return None
+        return Face(box=tuple(float(v) / scale for v in best), confidence=None)
+
+
 class FaceCropper:
     """Turns an image into the (face, crop) pairs to score.
 
@@ -184,6 +221,7 @@ class FaceCropper:
         detector: FaceDetector | None = None,
         min_face: int = 20,
         max_faces: int = 100,
+        quick_test: bool = True,
     ):
         if mode not in FACE_MODES:
             raise FakescopeError(f"face mode must be one of {', '.join(FACE_MODES)}, not {mode!r}")
@@ -195,6 +233,7 @@ class FaceCropper:
         self.min_face = min_face
         self.max_faces = max_faces
         self._detector = detector
+        self._quick = QuickTightTest() if quick_test and mode == "auto" else None
         self._cache: dict[str, Face | None] = {}
 
     @property
@@ -228,6 +267,9 @@ class FaceCropper:
     def crops(self, im: Image.Image) -> list[tuple[Face | None, Image.Image]]:
         if self.mode == "never":
             return [(None, im)]
+        quick = self._quick.tight_face(im) if self._quick else None
+        if quick is not None:
+            return [(quick, im)]
         faces = self.faces(im)
         tight = self.tight_face(im, faces) if self.mode == "auto" else None
         if tight is not None:

@@ -37,6 +37,12 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_summary() -> str:
+    """Threads and the vector/matrix flags that decide CPU speed, for every speed figure."""
+    keep = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx2", "avx_vnni")))
+    return f"{torch.get_num_threads()} threads, " + (" ".join(keep) or "flags unknown")
+
+
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
 

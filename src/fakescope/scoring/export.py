@@ -31,7 +31,7 @@ from ..evaluation import metrics as M
 from ..evaluation.evaluator import face_prepare, scoring_dataset, split_samples
 from ..evaluation.sets import cap_per_class
 from ..faults import injected
-from ..model.runtime import select_runtime
+from ..model.runtime import cpu_summary, select_runtime
 from ..runs import Run, load_run, write_json
 from .engines import EXPORT_DIR, Artifact, backend_of
 from .scorer import Scorer, TorchBackend
@@ -39,7 +39,7 @@ from .scorer import Scorer, TorchBackend
 log = logging.getLogger(__name__)
 
 AUC_TOLERANCE = 0.002
-CALIBRATION_IMAGES = 128  # per class, from the training split
+CALIBRATION_IMAGES = 32  # per class, from the training split (see _onnx_int8 on memory)
 
 
 class _Graph(nn.Module):
@@ -115,8 +115,10 @@ def _onnx_int8(fp32: Path, out: Path, calib) -> None:
 
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(pre))
-    # percentile ranges: min/max let rare outliers widen mobilenet_v2's activation ranges
-    # (val AUC 0.0018 below fp32 on sg-ffhq against 0.0009, docs/benchmarks.md)
+    # Percentile ranges: min/max lets rare outliers widen mobilenet_v2's activation ranges
+    # (val AUC 0.0018 below fp32 against 0.0009 in a trial). ORT's calibrators keep every
+    # activation of every calibration image (17 GB for 256 images at 299 px; its option to
+    # merge as it goes drops the data instead in onnxruntime 1.32), hence CALIBRATION_IMAGES.
     quantize_static(
         str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -241,7 +243,7 @@ def export_run(
         "calibration_images_per_class": calibration if int8 else 0,
         "input": f"float32 (N, 3, {run.input_size}, {run.input_size}), normalised",
         "outputs": "logit, score (sigmoid)" + (", mirror-averaged" if run.tta else ""),
-        "cpu": _cpu(),
+        "cpu": cpu_summary(),
         "made": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     write_json(folder / f"{name}.json", info)
@@ -262,10 +264,3 @@ def _break(model_file: Path) -> None:
     arr = numpy_helper.to_array(big)
     big.CopyFrom(numpy_helper.from_array((arr * -3).astype(arr.dtype), big.name))
     onnx.save(m, str(model_file))
-
-
-def _cpu() -> str:
-    from ..model.runtime import cpu_flags
-
-    flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx2")))
-    return f"{torch.get_num_threads()} threads; " + (" ".join(flags) or "flags unknown")

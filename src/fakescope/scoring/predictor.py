@@ -11,10 +11,13 @@ swap visible in part of the clip is not averaged away by frames where the face i
 from __future__ import annotations
 
 import math
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -61,6 +64,22 @@ class Prepared:
     units: list[_Unit]
     rows: list[Row]
     failure: BadInput | None = None  # why the file could not be used, when it could not
+    tensors: object = None  # the units as the model's input, made ahead by ``predict``
+
+
+class _Inline:
+    """An executor that runs each task as it is submitted: ``workers=0``, no overlap."""
+
+    def submit(self, fn, *args):
+        f = Future()
+        f.set_result(fn(*args))
+        return f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def _kind(path: Path) -> str:
@@ -87,12 +106,14 @@ class Predictor:
         threshold: float | None = None,
         progress=True,
         runtime: str = "auto",
+        workers: int = 2,
     ):
         self.run = run if isinstance(run, Run) else load_run(run)
         self.scorer = Scorer.of_run(self.run, device, batch_size, runtime)
         # Grad-CAM needs the unfolded network, on the scorer's device
         self.model = self.scorer.torch_runtime().prepare(self.run.model).eval()
         self.batch_size, self.frames, self.progress = batch_size, frames, progress
+        self.workers = workers
         self.threshold = self.scorer.threshold if threshold is None else float(threshold)
         self.faces = faces
         margin = face_margin or self.run.meta.face_margin
@@ -137,7 +158,8 @@ class Predictor:
             row = Row(path, face=i, frame=frame, kind="face" if frame is None else "frame")
             if face is not None:
                 row.box = tuple(int(round(v)) for v in face.box)
-                row.face_confidence = round(float(face.confidence), 4)
+                conf = face.confidence
+                row.face_confidence = None if conf is None else round(float(conf), 4)
             units.append(_Unit(crop, row))
         return units
 
@@ -193,25 +215,55 @@ class Predictor:
         return units, []
 
     def predict(self, paths, explain_dir: str | Path | None = None):
-        """Yield rows, file by file, in input order. Folders are searched recursively."""
+        """Yield rows, file by file, in input order. Folders are searched recursively.
+
+        A pipeline: ``workers`` threads decode files, run the face stage and make the model's
+        input tensors ahead of the scorer (decoding, resizing, the detectors and the network
+        all release the GIL), at most ``4 * batch_size`` files ahead; a batch is formed from
+        the files that are ready in order, so neither the cores nor the model wait."""
         files = list_files(paths)
         if not files:
             raise FakescopeError("no input files found")
-        chunk = max(1, self.batch_size)
         bar = tqdm(total=len(files), desc="predicting", unit="file", disable=not self.progress)
-        for start in range(0, len(files), chunk):
-            preps = [self.prepare_file(f) for f in files[start : start + chunk]]
-            all_units = [u for prep in preps for u in prep.units]
-            scores = iter(self.scorer.score_images([u.image for u in all_units]))
-            for prep in preps:
-                rows = self.finish_file(prep, [next(scores) for _ in prep.units])
-                if explain_dir is not None and prep.units:
-                    from ..scoring.explain import write_overlays
+        pool = ThreadPoolExecutor(self.workers, "prepare") if self.workers else _Inline()
+        with pool:
+            ahead = deque()
+            todo = iter(files)
+            window = 4 * max(1, self.batch_size)
 
-                    write_overlays(self, prep.units, Path(explain_dir))  # sets row.explanation
-                yield from rows
-            bar.update(len(preps))
+            def fill():
+                while len(ahead) < window:
+                    f = next(todo, None)
+                    if f is None:
+                        return
+                    ahead.append(pool.submit(self._prepare_tensors, f))
+
+            fill()
+            while ahead:
+                preps = [ahead.popleft().result()]
+                while ahead and sum(len(p.units) for p in preps) < self.batch_size:
+                    preps.append(ahead.popleft().result())
+                fill()  # the workers go on while this batch is scored
+                scores = iter(self._score_prepared(preps))
+                for prep in preps:
+                    rows = self.finish_file(prep, [next(scores) for _ in prep.units])
+                    if explain_dir is not None and prep.units:
+                        from ..scoring.explain import write_overlays
+
+                        write_overlays(self, prep.units, Path(explain_dir))  # row.explanation
+                    yield from rows
+                bar.update(len(preps))
         bar.close()
+
+    def _prepare_tensors(self, path: Path) -> Prepared:
+        prep = self.prepare_file(path)
+        if prep.units:
+            prep.tensors = self.scorer.tensors([u.image for u in prep.units])
+        return prep
+
+    def _score_prepared(self, preps: list[Prepared]):
+        xs = [p.tensors for p in preps if p.units]
+        return self.scorer.score_tensors(torch.cat(xs)) if xs else []
 
     def _summarise(self, f: Path, units: list[_Unit], name: str):
         rows = [u.row for u in units]
