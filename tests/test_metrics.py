@@ -61,3 +61,22 @@ def test_sweep_covers_030_to_090(scores):
     assert rows[0]["threshold"] == 0.3 and rows[-1]["threshold"] == 0.9 and len(rows) == 13
     recalls = [r["recall"] for r in rows]
     assert recalls == sorted(recalls, reverse=True)  # a higher threshold never finds more
+
+
+def test_youden_nearest_keeps_a_preferred_threshold_that_ties():
+    from fakescope.evaluation.metrics import ideal_thresholds, youden_nearest
+
+    y = np.array([0, 0, 0, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])  # every t in (0.3, 0.7] separates perfectly
+    assert ideal_thresholds(y, s)["youden"] == pytest.approx(0.7)
+    assert youden_nearest(y, s, 0.5) == 0.5
+    # within one image of the best J counts as a tie; two images worse never does
+    rng = np.random.default_rng(0)
+    y2 = np.repeat([0, 1], 50)
+    s2 = np.clip(rng.normal(0.35 + 0.3 * y2, 0.15), 0, 1)
+    for prefer in (0.0, 0.3, 0.5, 0.7, 1.0):
+        t = youden_nearest(y2, s2, prefer)
+        pred = s2 >= t
+        j = pred[y2 == 1].mean() - pred[y2 == 0].mean()
+        best = max((s2[y2 == 1] >= u).mean() - (s2[y2 == 0] >= u).mean() for u in s2)
+        assert best - j <= 1 / 50 + 1e-9

@@ -6,7 +6,17 @@ def add_runtime_option(p) -> None:
     p.add_argument(
         "--runtime",
         default="auto",
-        choices=["auto", "torch", "onnx", "openvino"],
+        choices=[
+            "auto",
+            "torch",
+            "onnx",
+            "openvino",
+            "onnx-fp32",
+            "onnx-int8",
+            "openvino-fp32",
+            "openvino-int8",
+        ],
         help="what runs the network: auto takes the fastest export of the run that passed its "
-        "accuracy check (`fakescope export`), else torch; it says which it took",
+        "accuracy check (`fakescope export`), else torch, and says which it took; onnx and "
+        "openvino the fastest of theirs; onnx-int8 and the like one export by name",
     )

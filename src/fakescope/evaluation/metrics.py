@@ -60,6 +60,27 @@ def ideal_thresholds(y, s) -> dict:
     return {"youden": youden, "youden_j": float(j[i]), "f1": float(pthr[k]), "f1_max": float(f1[k])}
 
 
+def youden_nearest(y, s, prefer: float) -> float:
+    """A Youden's J threshold for scores ``s`` that stays near ``prefer`` where it can: of all
+    thresholds whose J is within one validation image of the best (1 / the smaller class's
+    count: a difference the split cannot tell from noise), the one nearest ``prefer``. An
+    export recalibrated next to its source model keeps that model's threshold where it is
+    still as good, rather than jump to another near-tie and change verdicts for nothing."""
+    y = np.asarray(y)
+    fpr, tpr, thr = skm.roc_curve(y, s, drop_intermediate=False)
+    j = tpr - fpr
+    slack = 1.0 / max(1, min(int((y == 1).sum()), int((y == 0).sum())))
+    best = None
+    for i in np.flatnonzero(j >= j.max() - slack - 1e-12):
+        # verdicts s >= t are those of thr[i] for t in (next lower score, thr[i]]
+        hi = min(float(thr[i]), 1.0)
+        lo = float(thr[i + 1]) if i + 1 < len(thr) else 0.0
+        t = min(max(prefer, float(np.nextafter(lo, 1.0))), hi)
+        if best is None or abs(t - prefer) < abs(best - prefer):
+            best = t
+    return float(best)
+
+
 def sweep(y, s, thresholds=SWEEP) -> list[dict]:
     return [at_threshold(y, s, t) for t in thresholds]
 

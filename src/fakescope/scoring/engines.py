@@ -28,6 +28,7 @@ from ..runs import Run
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "onnx", "openvino")
+EXPORTS = ("onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8")  # one export by name
 EXPORT_DIR = "export"
 
 
@@ -131,16 +132,19 @@ def backend_of(art: Artifact, threads: int | None = None):
 
 def choose(run: Run, runtime: str = "auto", device: str = "auto") -> Artifact | None:
     """The export ``runtime`` asks for (None: the run's torch network). ``onnx``/``openvino``
-    take that runtime's fastest checked export and fail if there is none; ``auto`` the fastest
-    of all, unless torch is faster by the export's own measurement or a GPU is there."""
-    if runtime not in RUNTIMES:
-        raise FakescopeError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    take that runtime's fastest checked export and fail if there is none (``onnx-fp32`` and
+    the like name one); ``auto`` the fastest of all, unless torch is faster by the export's
+    own measurement or a GPU is there."""
+    if runtime not in RUNTIMES + EXPORTS:
+        raise FakescopeError(
+            f"--runtime must be one of {', '.join(RUNTIMES + EXPORTS)}, not {runtime!r}"
+        )
     if runtime == "torch":
         return None
     gpu = device not in ("auto", "cpu") or (device == "auto" and torch.cuda.is_available())
     if runtime == "auto" and gpu:
         return None  # the exports run on CPU providers
-    found = [a for a in artifacts(run) if runtime == "auto" or a.runtime == runtime]
+    found = [a for a in artifacts(run) if runtime in ("auto", a.runtime, a.name)]
     if not found:
         if runtime == "auto":
             return None

@@ -166,6 +166,8 @@ def check(run: Run, model_file: Path, runtime: str, val_loader) -> dict:
     auc, auc_torch = float(M.threshold_free(y, s)["auc"]), float(M.threshold_free(ty, ts)["auc"])
     criterion = run.meta.thresholds.get("criterion", "youden")
     thresholds = M.ideal_thresholds(y, s)
+    if criterion == "youden":  # of the tied maxima, the one nearest the run's own threshold
+        thresholds["youden"] = M.youden_nearest(y, s, run.threshold)
     threshold = float(thresholds[criterion])
     return {
         "split": "val",
