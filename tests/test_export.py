@@ -156,3 +156,27 @@ def test_bench_e2e_times_every_runtime_against_the_eager_baseline(run_copy, onnx
     assert all(r["e2e"] > 0 and r["model"] > 0 for r in rows)
     out = capsys.readouterr().out
     assert "x baseline" in out and "threads" in out  # the CPU beside the figures
+
+
+def test_serve_answers_with_the_export_as_predict_does(run_copy, onnx_fp32, tmp_path):
+    """A real server with --runtime onnx-fp32: /v1/model names it, and its scores and verdicts
+    are predict's with the same runtime."""
+    import httpx
+
+    from .test_serve import Server, _post
+
+    srv = Server(run_copy, tmp_path, "--runtime", "onnx-fp32", "--faces", "never")
+    try:
+        m = httpx.get(srv.url + "/v1/model").json()
+        assert m["runtime"] == "onnx-fp32" and m["threshold"] == pytest.approx(onnx_fp32.threshold)
+        assert m["threshold_chosen"]["computed_on"] == "val (onnx-fp32)"
+        files = sg_images("fake", n=2) + sg_images("real", n=2)
+        r = _post(srv, [(f.name, f.read_bytes()) for f in files])
+        assert r.status_code == 200
+        served = {f["name"]: f["rows"][0] for f in r.json()["files"]}
+    finally:
+        srv.close()
+    pred = Predictor(run_copy, faces="never", progress=False, runtime="onnx-fp32")
+    for row in pred.predict(files):
+        got = served[os.path.basename(row.path)]
+        assert got["score"] == pytest.approx(row.score, abs=1e-5) and got["verdict"] == row.verdict
