@@ -277,3 +277,10 @@ def test_the_quick_test_answers_most_face_crops_and_no_group_photo(group):
     assert sum(q.tight_face(im) is not None for im in crops) >= 6
     assert q.tight_face(group[0]) is None
     assert all(q.tight_face(im) is None for im in no_face_images())
+    # faces just over the rule's size bound, one of them central: a group, not a crop (the
+    # web page's test photo, which Haar's larger boxes once passed off as a crop)
+    canvas = Image.new("RGB", (1100, 520), (128, 128, 128))
+    for i, p in enumerate(ffhq(2, "real") + ffhq(2, "fake")):
+        face = Image.open(p).convert("RGB").resize((200, 200), Image.BICUBIC)
+        canvas.paste(face, (40 + i * 265, 60 + (i % 2) * 200))
+    assert q.tight_face(canvas) is None

@@ -171,7 +171,7 @@ def test_torchrun_trains_as_procs_does(tmp_path):
             "--backbone", "mobilenet_v2", "--head", "gap", "--input-size", "96", "--lr", "1e-3",
             "--batch-size", "8", "--epochs", "1", "--steps", "1", "--limit-per-class", "4",
             "--max-train-batches", "1", "--freeze-bn", "--no-hflip", "--no-tensorboard",
-            "--no-eval",
+            "--no-eval", "--precision", "fp32",  # exact comparison: no bf16 autocast
         ]  # fmt: skip
 
     run = [sys.executable, "-m", "torch.distributed.run"]
