@@ -47,6 +47,7 @@ def test_the_onnx_graph_scores_as_torch_does(run_copy, onnx_fp32):
     assert info["check"]["passed"] and info["check"]["n"] == 2 * LIMIT
     assert abs(info["check"]["auc"] - info["check"]["auc_torch"]) <= 0.002
     assert info["weights_sha256"] == run.meta.weights_sha256
+    assert "fp32" in info["check"]["auc_reference"] and info["check"]["torch_img_per_s"] > 0
     assert 0 < info["threshold"] < 1 and info["check"]["thresholds"]["criterion"] == "youden"
     exported = Scorer.of_run(run, "cpu", runtime="onnx")
     assert exported.engine == "onnx-fp32" and exported.threshold == info["threshold"]
