@@ -17,6 +17,7 @@ _API = {
     "train": "fakescope.training.loop",
     "evaluate": "fakescope.evaluation.evaluator",
     "Predictor": "fakescope.scoring.predictor",
+    "export_run": "fakescope.scoring.export",
     "load_run": "fakescope.runs",
 }
 
