@@ -234,7 +234,7 @@ def run_e2e_bench(run, data, faces="auto", limit=0, batch=16, workers=2, iters=3
     rows.append((f"torch {select_runtime('cpu', precision=run.spec.precision).describe()}, "
                  "BN folded", predictor("torch", workers)))  # fmt: skip
     for art in artifacts(run):
-        pred = predictor("torch", workers, backend_of(art))
+        pred = predictor("torch", workers, backend_of(art.runtime, art.model_file))
         rows.append((art.name, pred))
     results = []
     for name, pred in rows:

@@ -80,7 +80,8 @@ def cross_matrix(
 
     cells, score_rows = [], []
     for ri, run in enumerate(runs):
-        scorer = Scorer.of_run(run, device, batch_size)
+        # the trained network at its stored threshold: an export has a threshold of its own
+        scorer = Scorer.of_run(run, device, batch_size, runtime="torch")
         prepare = face_prepare(run)
         for di, data in enumerate(datasets):
             samples, extra, used = plan[ri, di]

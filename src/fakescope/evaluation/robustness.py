@@ -112,7 +112,9 @@ def robustness_curves(
     samples = cap_per_class(samples, limit)
     out = Path(out) if out else run.path / f"robustness-{data.name}-{used}"
     out.mkdir(parents=True, exist_ok=True)
-    scorer, prepare, thr = Scorer.of_run(run, device, batch_size), face_prepare(run), run.threshold
+    # the trained network at its stored threshold: an export has a threshold of its own
+    scorer = Scorer.of_run(run, device, batch_size, runtime="torch")
+    prepare, thr = face_prepare(run), run.threshold
 
     def scored(augment, desc):
         return score(scorer, run, data, samples, batch_size, augment, prepare, desc, progress)

@@ -2,10 +2,11 @@
 
 An export (``fakescope export``, ``scoring/export.py``) leaves ``RUN/export/NAME.json`` beside
 its model file. The JSON says which run weights it came from, the threshold recalibrated on its
-own validation scores, and the accuracy check it passed. ``open_backend`` turns a run and a
-``--runtime`` choice into a ``Backend`` for ``Scorer``: ``torch`` is the run's own network;
-``auto`` takes the fastest checked export for these weights (by the model-only rate measured at
-export) and falls back to torch where there is none or a GPU is there to use.
+own validation scores, and the accuracy check it passed. ``choose`` turns a run and a
+``--runtime`` choice into the export to use (None: the run's own torch network), ``backend_of``
+into a ``Backend`` for ``Scorer``; ``auto`` takes the fastest checked export for these weights
+(by the model-only rate measured at export) and falls back to torch where there is none, where
+torch measured faster, or where a GPU is there to use.
 
 The exported graph takes the normalised batch ``Scorer.tensors`` makes and holds the rest: the
 network, the mirror-image average when the run uses it, and the sigmoid. Its ``logits`` are
@@ -24,11 +25,10 @@ import torch
 
 from ..errors import FakescopeError
 from ..runs import Run
+from . import EXPORTS, RUNTIMES
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "torch", "onnx", "openvino")
-EXPORTS = ("onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8")  # one export by name
 EXPORT_DIR = "export"
 
 
@@ -64,10 +64,10 @@ def artifacts(run: Run) -> list[Artifact]:
     for f in sorted((run.path / EXPORT_DIR).glob("*.json")):
         try:
             info = json.loads(f.read_text())
-            float(info["threshold"]), float(info["check"]["img_per_s"])  # both must be there
             art = Artifact(
                 f.stem, info["runtime"], bool(info["int8"]), f.parent / info["file"], info
             )
+            _ = (art.threshold, art.rate)  # both must be readable numbers
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("%s: not a readable export description (%s); ignored", f, e)
             continue
@@ -125,9 +125,10 @@ class OpenVinoBackend:
         return torch.from_numpy(np.asarray(out, np.float32).reshape(-1).copy())
 
 
-def backend_of(art: Artifact, threads: int | None = None):
-    cls = {"onnx": OnnxBackend, "openvino": OpenVinoBackend}[art.runtime]
-    return cls(art.model_file, threads)
+def backend_of(runtime: str, model_file: Path, threads: int | None = None):
+    """The ``Backend`` of an exported model file of ``runtime`` (onnx, openvino)."""
+    cls = {"onnx": OnnxBackend, "openvino": OpenVinoBackend}[runtime]
+    return cls(model_file, threads)
 
 
 def choose(run: Run, runtime: str = "auto", device: str = "auto") -> Artifact | None:
