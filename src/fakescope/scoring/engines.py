@@ -151,7 +151,8 @@ def choose(run: Run, runtime: str = "auto", device: str = "auto") -> Artifact | 
             return None
         raise FakescopeError(
             f"{run.path}: no checked {runtime} export of these weights "
-            f"(make one with `fakescope export {run.path} --to {runtime}`)"
+            f"(make one with `fakescope export {run.path} --to {runtime.split('-')[0]}"
+            f"{' --int8' if runtime.endswith('int8') else ''}`)"
         )
     best = max(found, key=lambda a: a.rate)
     if runtime == "auto" and best.info["check"].get("torch_img_per_s", 0) >= best.rate:
