@@ -58,6 +58,10 @@ RECIPES = {
     # blend expert (a real photo with a pasted face: lfw-faceswap's swaps and SBI's pseudo-fakes
     # share that cue, so they do not conflict); the demo run is the synthesis expert
     "lfw_sbi_aug": dict(data=(LFW,), sbi=0.5, **AUG),
+    # the same two experts, each also shown the other set's real photos as real, so that an
+    # expert out of its depth says "real" rather than guessing (fakescope ensemble)
+    "sg_lfwreals": dict(data=(SG,), reals_from=(LFW,)),
+    "lfw_sbi_aug_sgreals": dict(data=(LFW,), reals_from=(SG,), sbi=0.5, **AUG),
 }
 FIELDS = ["recipe", "seed", "train_s", "epochs", *SCORE_FIELDS]
 
@@ -71,6 +75,8 @@ def run_one(recipe: str, seed: int, args) -> list[dict]:
     out = Path(args.out) / f"{recipe}-s{seed}"
     over = dict(RECIPES[recipe])
     data = tuple(str(Path(args.data_dir) / d) for d in over.pop("data"))
+    if "reals_from" in over:
+        over["reals_from"] = tuple(str(Path(args.data_dir) / d) for d in over["reals_from"])
     cfg = TrainConfig(
         **{**BASE, **over},
         data=data,

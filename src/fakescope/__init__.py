@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _API = {
     "TrainConfig": "fakescope.config",
     "train": "fakescope.training.loop",
+    "combine_runs": "fakescope.training.ensemble",
     "evaluate": "fakescope.evaluation.evaluator",
     "Predictor": "fakescope.scoring.predictor",
     "export_run": "fakescope.scoring.export",

@@ -120,6 +120,12 @@ class TrainConfig:
         "train and validate without any fake image of the data: the fakes are the self-blended "
         "ones (needs --sbi)",
     )
+    reals_from: tuple[str, ...] = opt(
+        (),
+        "a data folder whose real images only are added (repeatable): an expert on one kind "
+        "of fake still learns that the other sets' real photos are real (fakescope ensemble)",
+        repeat=True,
+    )
     source_heads: bool = opt(
         False,
         "one output unit per source of fakes (each --data folder's, and the self-blended "
@@ -215,6 +221,11 @@ class TrainConfig:
             raise FakescopeError("--lr-epochs must be 0 (the step's epochs) or more")
         if not self.data:
             raise FakescopeError("--data: name at least one data folder")
+        both = {str(d).rstrip("/") for d in self.data} & {
+            str(d).rstrip("/") for d in self.reals_from
+        }
+        if both:
+            raise FakescopeError(f"--reals-from {sorted(both)[0]}: already a --data folder")
         if self.sbi < 0:
             raise FakescopeError("--sbi must be 0 (off) or more, e.g. 1")
         if self.real_only and not self.sbi:
@@ -227,6 +238,7 @@ class TrainConfig:
     def _check_ranges(self) -> None:
         for name, value in (
             ("data", self.data),
+            ("reals_from", self.reals_from),
             ("out", (self.out,)),
             ("weights", (self.weights,)),
         ):

@@ -82,6 +82,10 @@ class ModelSpec:
     tta: bool = False  # average each image's logit with its mirror image's
     precision: str = "auto"  # "auto" (autocast where fast) or "fp32"
     heads: tuple[str, ...] = ()  # per-source output units (model/detector.py); () = one unit
+    # an ensemble (model/ensemble.py; backbone "ensemble", head "max"): each member's network
+    # (backbone, head, heads; the input fields above are shared) and the logit of its threshold
+    members: tuple[ModelSpec, ...] = ()
+    offsets: tuple[float, ...] = ()
 
     @classmethod
     def of_config(cls, cfg: TrainConfig, heads: tuple[str, ...] = ()) -> ModelSpec:
@@ -97,6 +101,10 @@ class ModelSpec:
 
     def detector(self) -> Detector:
         """An untrained network of this shape, for weights to be loaded into."""
+        if self.members:
+            from .model.ensemble import Ensemble
+
+            return Ensemble([m.detector() for m in self.members], list(self.offsets))
         return Detector(self.backbone, self.head, self.input_size, "none", self.heads)
 
 
@@ -141,6 +149,11 @@ class RunMeta:
             "tta": "hflip" if s.tta else "none",
             "precision": s.precision,
             **({"heads": list(s.heads)} if s.heads else {}),
+            **(
+                {"members": [_member_json(m) for m in s.members], "offsets": list(s.offsets)}
+                if s.members
+                else {}
+            ),
             **self.extra.get("model", {}),
         }
         threshold = {**self.thresholds, "value": self.threshold}
@@ -202,7 +215,7 @@ class RunMeta:
         sources = data["sources"] if fmt >= 2 else [_source_of_format1(data, where)]
         known = {"format", "model", "threshold", "faces", "train", "data", "weights"}
         spec_keys = {"backbone", "head", "input_size", "fit", "mean", "std", "tta", "precision",
-                     "heads"}  # fmt: skip
+                     "heads", "members", "offsets"}  # fmt: skip
         extra = {k: v for k, v in d.items() if k not in known}
         extra["model"] = {k: v for k, v in m.items() if k not in spec_keys}
         return cls(
@@ -241,6 +254,8 @@ def _number(d: dict, key: str, name: str, where: str) -> float:
 def _spec(m: dict, train: dict, where: str) -> ModelSpec:
     """The model section, every field checked: a tampered run fails here with one line instead
     of deep inside torch (or, worse, scoring with nonsense)."""
+    if "members" in m:
+        return _ensemble_spec(m, train, where)
     backbone = m.get("backbone")
     if backbone is None:
         raise FakescopeError(f"{where}: model.backbone: missing")
@@ -280,6 +295,39 @@ def _spec(m: dict, train: dict, where: str) -> ModelSpec:
         raise FakescopeError(f"{where}: model.heads: {heads!r:.60} is not a list of source names")
     return ModelSpec(backbone, picked["head"], size, picked["fit"], norm["mean"], norm["std"],
                      picked["tta"] == "hflip", picked["precision"], tuple(heads))  # fmt: skip
+
+
+def _member_json(m: ModelSpec) -> dict:
+    return {"backbone": m.backbone, "head": m.head, **({"heads": list(m.heads)} if m.heads else {})}
+
+
+def _ensemble_spec(m: dict, train: dict, where: str) -> ModelSpec:
+    """An ensemble's model section: the shared input fields as for one network, then each
+    member checked like one (backbone, head, heads) and one finite offset per member."""
+    if m.get("backbone") != "ensemble" or m.get("head") != "max":
+        raise FakescopeError(f"{where}: model: members need backbone 'ensemble' and head 'max'")
+    members, offsets = m["members"], m.get("offsets")
+    if not (isinstance(members, list) and 2 <= len(members) <= 16):
+        raise FakescopeError(f"{where}: model.members: {members!r:.60} is not 2-16 networks")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == len(members)
+        and all(not isinstance(o, bool) and isinstance(o, int | float) for o in offsets)
+        and all(math.isfinite(o) for o in offsets)
+    ):
+        raise FakescopeError(
+            f"{where}: model.offsets: {offsets!r:.60} is not one number per member"
+        )
+    shared = {k: v for k, v in m.items() if k not in ("members", "offsets", "backbone", "head")}
+    specs = []
+    for i, mem in enumerate(members):
+        if not isinstance(mem, dict) or "members" in mem:
+            raise FakescopeError(f"{where}: model.members[{i}]: not a network description")
+        specs.append(_spec({**shared, **mem}, train, f"{where}: model.members[{i}]"))
+    first = specs[0]
+    return ModelSpec("ensemble", "max", first.input_size, first.fit, first.mean, first.std,
+                     first.tta, first.precision, (), tuple(specs),
+                     tuple(float(o) for o in offsets))  # fmt: skip
 
 
 def _source_of_format1(data: dict, where: str) -> dict:

@@ -1,4 +1,4 @@
-"""`fakescope train` and `fakescope evaluate`."""
+"""`fakescope train`, `fakescope ensemble` and `fakescope evaluate`."""
 
 from __future__ import annotations
 
@@ -193,6 +193,39 @@ def _add_evaluate(sub):
     )
 
 
+def _add_ensemble(sub):
+    p = sub.add_parser(
+        "ensemble",
+        help="combine trained runs into one run (experts on different kinds of fake)",
+        description="Write a run whose network is the ensemble of RUNs: each member's logit is "
+        "centred on its own stored threshold and the highest counts, so the ensemble says fake "
+        "when some member would. Its threshold is calibrated on the validation splits of every "
+        "member's data (Youden's J), and the test splits are scored as after training. The "
+        "result is used like any run (evaluate, predict, serve, matrix, export). Members must "
+        "share input size, fit, normalisation, TTA and face stage.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders made by `fakescope train`")
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+    p.set_defaults(func=cmd_ensemble)
+
+
+def cmd_ensemble(a) -> int:
+    from ..training.ensemble import combine_runs
+
+    run = combine_runs(a.runs, a.out, a.batch_size, a.device)
+    print(f"ensemble of {len(a.runs)} runs: {a.out} (threshold {run.threshold:.4f} on val)")
+    if a.no_eval:
+        return 0
+    for src in run.meta.sources:  # the same data sets the threshold's validation came from
+        _evaluate_and_print(a.out, src["root"], "test", None, a.batch_size, a.device, 0)
+    return 0
+
+
 def add(sub) -> None:
     _add_train(sub)
+    _add_ensemble(sub)
     _add_evaluate(sub)

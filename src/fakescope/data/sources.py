@@ -31,6 +31,7 @@ class Source:
     root: Path
     samples: list[Sample]
     origin: str  # where the split came from
+    real_only: bool = False  # its fakes are left out (--reals-from)
 
     def describe(self) -> dict:
         """The run's record of this source: absolute root, fingerprint, counts, split origin."""
@@ -39,20 +40,29 @@ class Source:
             "root": str(self.root),
             "name": self.name,
             "split_origin": self.origin,
+            **({"use": "real images only"} if self.real_only else {}),
         }
 
 
 def load_sources(
-    roots, seed: int = 0, exclude=(), limit_per_class: int = 0, train_fraction: float = 1.0
+    roots,
+    seed: int = 0,
+    exclude=(),
+    limit_per_class: int = 0,
+    train_fraction: float = 1.0,
+    reals_from=(),
 ) -> list[Source]:
     """The data folders as sources; ``train_fraction`` < 1 keeps that share of each class's
-    training images (drawn with ``seed``), validation and test untouched."""
+    training images (drawn with ``seed``), validation and test untouched. The folders of
+    ``reals_from`` come after them, their fakes left out."""
     sources, names, found = [], set(), set()
-    for r in roots:
+    for r in [*roots, *reals_from]:
         root = Path(r).resolve()
         samples, origin = load_samples(root, seed=seed)
         found |= {g.lower() for g in generators(samples)}
         samples = drop_generators(samples, exclude)
+        if r in reals_from:
+            samples = [s for s in samples if s.label == 0]
         if limit_per_class:
             samples = _limit(samples, limit_per_class)
         if train_fraction < 1:
@@ -61,7 +71,7 @@ def load_sources(
         while name in names:  # two folders of the same name stay apart
             name += "'"
         names.add(name)
-        sources.append(Source(name, root, samples, origin))
+        sources.append(Source(name, root, samples, origin, r in reals_from))
     unknown = sorted({e for e in exclude if e.lower() not in found})
     if unknown:
         raise FakescopeError(
@@ -193,7 +203,7 @@ def make_split(sources: list[Source], split: str, sbi: float, real_only: bool, s
     for src in sources:
         chosen = [s for s in src.samples if s.split == split]
         for s in chosen:
-            if not (real_only and s.label == 1):
+            if not ((real_only or src.real_only) and s.label == 1):
                 add(src, s, False)
         if sbi > 0:
             reals = [s for s in chosen if s.label == 0]

@@ -109,6 +109,10 @@ class Detector(nn.Module):
         """The last convolutional stage: where Grad-CAM reads its activations."""
         return self._stages[-1][-1]
 
+    @property
+    def target_layers(self) -> list[nn.Module]:
+        return [self.target_layer]
+
     def freeze(self, n_stages: int) -> None:
         """Freeze the first ``n_stages`` backbone stages (weights and BatchNorm statistics)."""
         for p in self.parameters():

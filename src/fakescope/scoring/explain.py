@@ -22,7 +22,7 @@ def cams(model, x: torch.Tensor, categories: list[int], batch_size: int = 8) -> 
     model.eval()
     out = []
     # fp32, no autocast: gradients of bf16 activations make noisy maps
-    with GradCAM(model=model, target_layers=[model.target_layer]) as cam:
+    with GradCAM(model=model, target_layers=model.target_layers) as cam:
         for i in range(0, len(x), batch_size):
             xb = x[i : i + batch_size].to(next(model.parameters()).device)
             targets = [BinaryClassifierOutputTarget(c) for c in categories[i : i + batch_size]]

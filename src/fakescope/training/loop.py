@@ -101,11 +101,12 @@ def _sources(cfg: TrainConfig, resume: bool):
     out = Path(cfg.out)
     if (out / META).exists() and not resume:
         raise FakescopeError(f"{out}: a finished run is already there; pick another --out")
-    sources = load_sources(cfg.data, cfg.seed, cfg.exclude, cfg.limit_per_class, cfg.train_fraction)
+    sources = load_sources(cfg.data, cfg.seed, cfg.exclude, cfg.limit_per_class, cfg.train_fraction,
+                           cfg.reals_from)  # fmt: skip
     for src in sources:
         for split in ("train", "val"):
             have = {s.label for s in src.samples if s.split == split}
-            need = {0} if cfg.real_only else {0, 1}
+            need = {0} if (cfg.real_only or src.real_only) else {0, 1}
             if not need <= have:
                 lack = [("real", "fake")[k] for k in sorted(need - have)]
                 absent = [d for d in lack if not (src.root / d).is_dir()]

@@ -1,0 +1,37 @@
+"""Several trained detectors scored as one: each member votes with its logit centred on its
+own calibrated threshold, and the ensemble's logit is the highest vote.
+
+Why a maximum of centred logits: members are experts on different kinds of fake (a network
+trained on whole synthesised faces, one trained on pasted and blended faces; docs/results.md
+§8). An expert out of its depth mostly says "real" (its logit sits below its threshold), so the
+highest centred vote is the expert that recognises what it sees, and the ensemble says "fake"
+at logit 0 exactly when some member would at its own threshold. Averaging instead lets an
+expert that is inverted on the other kind (AUC 0.41 there) pull the right one down.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Ensemble(nn.Module):
+    def __init__(self, members: list[nn.Module], offsets: list[float]):
+        super().__init__()
+        if len(members) != len(offsets) or len(members) < 2:
+            raise ValueError("an ensemble needs two or more members, one offset each")
+        self.members = nn.ModuleList(members)
+        # the logit of each member's stored threshold (a buffer: saved with the weights)
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.float32))
+        self.input_size = members[0].input_size
+
+    def forward(self, x):
+        """The fake logit, shape (N, 1): the highest member logit minus that member's offset."""
+        z = torch.cat([m(x) for m in self.members], dim=1)
+        return (z - self.offsets.to(z.dtype)).amax(dim=1, keepdim=True)
+
+    @property
+    def target_layers(self) -> list[nn.Module]:
+        """Every member's last stage: Grad-CAM gets gradients only through the winning member,
+        so the map is that member's."""
+        return [m.target_layer for m in self.members]
