@@ -88,8 +88,30 @@ def test_openvino_int8_is_checked_and_calibrated(run_copy, onnx_fp32):
     c = art.info["check"]
     assert art.int8 and c["passed"] and abs(c["auc"] - c["auc_torch"]) <= 0.002
     assert art.info["calibration_images_per_class"] == 8
+    assert art.info["quantisation"] == "nncf"
     assert (run_copy / "export" / "openvino-int8.bin").exists()
     assert Scorer.of_run(run_copy, "cpu", runtime="openvino").engine == "openvino-int8"
+
+
+def test_int8_that_misses_is_quantised_again_with_accuracy_control(run_copy, tmp_path, monkeypatch):
+    """Where plain int8 fails the check (forced here), NNCF's accuracy control returns the most
+    harmful operations to fp32 and the result is checked again; the JSON says which it was."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("export"))
+    monkeypatch.setenv("FAKESCOPE_FAULT", "int8-refused")
+    try:
+        art = export_run(run, "openvino", int8=True, limit=LIMIT, calibration=8)
+    except FakescopeError as e:  # refused after both tries: the numbers are given
+        assert "refused: validation AUC" in str(e)
+        return
+    info = art.info
+    assert info["quantisation"] == "nncf accuracy control"
+    assert set(info["check"]["plain_int8"]) == {"auc", "auc_torch", "passed"}
+    assert (
+        info["check"]["passed"] and abs(info["check"]["auc"] - info["check"]["auc_torch"]) <= 0.002
+    )
 
 
 def test_runtime_choice(run_copy, onnx_fp32, tmp_path):

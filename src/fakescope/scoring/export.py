@@ -141,6 +141,31 @@ def _openvino(fp32_onnx: Path, out: Path, calib, int8: bool) -> None:
     ov.save_model(model, str(out), compress_to_fp16=False)
 
 
+def _openvino_accuracy_control(fp32_onnx: Path, out: Path, calib, val_loader, max_drop: float):
+    """int8 with NNCF's accuracy control: operations are returned to fp32, the most harmful
+    first, until the validation AUC is within ``max_drop`` of the fp32 model's. For runs whose
+    plain int8 fails the check (weaker models sit on steeper parts of their ROC curve)."""
+    import nncf
+    import openvino as ov
+
+    def auc_of(compiled, data) -> tuple[float, None]:
+        score = compiled.output("score")
+        s, y = [], []
+        for x, labels in data:
+            s.append(compiled(x)[score].reshape(-1))
+            y.append(labels)
+        return float(M.threshold_free(np.concatenate(y), np.concatenate(s))["auc"]), None
+
+    batches = list(calib)
+    val = [(x.numpy(), y.numpy()) for x, y, _ in val_loader]
+    model = nncf.quantize_with_accuracy_control(
+        ov.convert_model(str(fp32_onnx)), nncf.Dataset(batches),
+        nncf.Dataset(val, lambda item: item[0]), auc_of, max_drop=max_drop,
+        drop_type=nncf.DropType.ABSOLUTE, subset_size=sum(len(b) for b in batches),
+    )  # fmt: skip
+    ov.save_model(model, str(out), compress_to_fp16=False)
+
+
 def _timed_scores(backend, spec, loader) -> tuple[np.ndarray, np.ndarray, float]:
     """(scores, labels, model-only img/s) of a backend over a loader."""
     scorer = Scorer(backend, spec)
@@ -239,6 +264,19 @@ def export_run(
             _break(model_file)
         log.info("checking %s on the validation split", name)
         result = check(run, model_file, to, val)
+        method = ("nncf" if to == "openvino" else "onnxruntime static QDQ") if int8 else "none"
+        # FAKESCOPE_FAULT=int8-refused: tests take the accuracy-control path on a tiny run
+        if to == "openvino" and int8 and (not result["passed"] or injected("int8-refused")):
+            log.info(
+                "int8 val AUC %.4f against torch's %.4f: quantising again with NNCF's accuracy "
+                "control", result["auc"], result["auc_torch"],
+            )  # fmt: skip
+            first = {k: result[k] for k in ("auc", "auc_torch", "passed")}
+            _openvino_accuracy_control(
+                tmp / "fp32.onnx", model_file, _calibration(calib), val, AUC_TOLERANCE / 2
+            )
+            result = {**check(run, model_file, to, val), "plain_int8": first}
+            method = "nncf accuracy control"
         if not result["passed"]:
             raise FakescopeError(
                 f"{name} export refused: validation AUC {result['auc']:.4f} against torch's "
@@ -257,6 +295,7 @@ def export_run(
         "check": result,
         "data": str(data),
         "calibration_images_per_class": calibration if int8 else 0,
+        "quantisation": method,
         "input": f"float32 (N, 3, {run.input_size}, {run.input_size}), normalised",
         "outputs": "logit, score (sigmoid)" + (", mirror-averaged" if run.tta else ""),
         "cpu": cpu_summary(),
