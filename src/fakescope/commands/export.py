@@ -13,21 +13,32 @@ def _add_export(sub):
         "graph takes the normalised image batch (dynamic batch size) and holds the network, the "
         "mirror-image average when the run uses it, and the sigmoid. int8 is static quantisation "
         "calibrated on the run's training images. Every export scores the validation split and "
-        "is kept only if its AUC is within 0.002 of the torch model's; its own threshold is "
-        "recalibrated on those scores. predict, evaluate and serve then use it (--runtime).",
+        "is kept only if its AUC is within 0.002 of the torch model's (the validation splits of "
+        "every data set the run was trained on); its own threshold is recalibrated on those "
+        "scores. An OpenVINO int8 model that misses is quantised again with NNCF's accuracy "
+        "control (the most harmful operations back in fp32) and checked again. predict, "
+        "evaluate and serve then use it (--runtime).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("run", help="run folder made by `fakescope train`")
     p.add_argument("--to", choices=["onnx", "openvino"], default="onnx")
     p.add_argument("--int8", action="store_true", help="post-training static quantisation")
     p.add_argument(
-        "--data", default=None, help="the run's data folder, if it moved (default: as stored)"
+        "--data",
+        default=None,
+        help="one data folder to check and calibrate on (default: every one the run stored)",
     )
     p.add_argument(
-        "--limit", type=int, default=0, help="validation images per class for the check (0: all)"
+        "--limit",
+        type=int,
+        default=0,
+        help="validation images per class for the check, shared out between the data sets (0: all)",
     )
     p.add_argument(
-        "--calibration", type=int, default=32, help="training images per class to calibrate int8"
+        "--calibration",
+        type=int,
+        default=32,
+        help="training images per class to calibrate int8, shared out between the data sets",
     )
     p.set_defaults(func=cmd_export)
 

@@ -57,26 +57,37 @@ class _Graph(nn.Module):
         return logit, torch.sigmoid(logit)
 
 
-def _data_of(run: Run, data: str | Path | None) -> Path:
+def _data_of(run: Run, data: str | Path | None) -> list[Path]:
+    """The data folders whose splits check (val) and calibrate (train) an export: the one
+    named, else every one of the run's that is here (a run of several sources, or an ensemble
+    of experts, must be checked on each kind it detects)."""
     if data:
-        return Path(data)
-    for src in run.meta.sources:
-        root = src.get("root")
-        if root and Path(root).is_dir():
-            return Path(root)
+        return [Path(data)]
+    here = [Path(s["root"]) for s in run.meta.sources if s.get("root")]
+    here = [d for d in here if d.is_dir()]
+    if here:
+        return here
     raise FakescopeError(
         f"{run.path}: none of the run's data folders is here; name one with --data "
         "(its val split checks the export, its train split calibrates int8)"
     )
 
 
-def _loader(run: Run, data: Path, split: str, limit: int, batch_size: int):
-    samples, _ = split_samples(run, data, split)
-    if limit:
-        samples = cap_per_class(samples, limit)
+def _loader(run: Run, datas: list[Path], split: str, limit: int, batch_size: int):
+    """``split`` of every folder in ``datas``, at most ``limit`` images per class in all
+    (shared out between the folders; 0: all)."""
+    roots, samples = [], []
+    share = -(-limit // len(datas)) if limit else 0
+    for data in datas:
+        got, _ = split_samples(run, data, split)
+        if share:
+            got = cap_per_class(got, share)
+        roots += [data] * len(got)
+        samples += got
     if len({s.label for s in samples}) < 2:
-        raise FakescopeError(f"{data}: split {split!r} needs images of both classes")
-    ds = scoring_dataset(run, data, samples, prepare=face_prepare(run))
+        where = ", ".join(str(d) for d in datas)
+        raise FakescopeError(f"{where}: split {split!r} needs images of both classes")
+    ds = scoring_dataset(run, roots, samples, prepare=face_prepare(run))
     return make_loader(ds, batch_size)
 
 
@@ -236,7 +247,8 @@ def export_run(
     batch_size: int = 16,
 ) -> Artifact:
     """Export, check and keep (or refuse) one artifact; returns it. ``limit`` caps the
-    validation images per class (0: all); ``calibration`` the training images per class."""
+    validation images per class (0: all) and ``calibration`` the training images per class, each
+    in all, shared out between the data sets checked on."""
     if to not in ("onnx", "openvino"):
         raise FakescopeError(f"--to must be onnx or openvino, not {to!r}")
     run = run if isinstance(run, Run) else load_run(run)
@@ -293,7 +305,7 @@ def export_run(
         "weights_sha256": run.meta.weights_sha256,
         "threshold": result["thresholds"][result["thresholds"]["criterion"]],
         "check": result,
-        "data": str(data),
+        "data": [str(d) for d in data],
         "calibration_images_per_class": calibration if int8 else 0,
         "quantisation": method,
         "input": f"float32 (N, 3, {run.input_size}, {run.input_size}), normalised",
