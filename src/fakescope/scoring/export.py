@@ -145,10 +145,8 @@ def _openvino(fp32_onnx: Path, out: Path, calib, int8: bool) -> None:
     if int8:
         import nncf
 
-        batches = list(calib)
-        model = nncf.quantize(
-            model, nncf.Dataset(batches), subset_size=sum(len(b) for b in batches)
-        )
+        batches = list(calib)  # nncf counts dataset items, here batches
+        model = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
     ov.save_model(model, str(out), compress_to_fp16=False)
 
 
@@ -172,7 +170,7 @@ def _openvino_accuracy_control(fp32_onnx: Path, out: Path, calib, val_loader, ma
     model = nncf.quantize_with_accuracy_control(
         ov.convert_model(str(fp32_onnx)), nncf.Dataset(batches),
         nncf.Dataset(val, lambda item: item[0]), auc_of, max_drop=max_drop,
-        drop_type=nncf.DropType.ABSOLUTE, subset_size=sum(len(b) for b in batches),
+        drop_type=nncf.DropType.ABSOLUTE, subset_size=len(batches),
     )  # fmt: skip
     ov.save_model(model, str(out), compress_to_fp16=False)
 
