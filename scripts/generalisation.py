@@ -63,7 +63,7 @@ RECIPES = {
     "sg_lfwreals": dict(data=(SG,), reals_from=(LFW,)),
     "lfw_sbi_aug_sgreals": dict(data=(LFW,), reals_from=(SG,), sbi=0.5, **AUG),
     # the synthesis expert trained as long as the demo trains sg-ffhq (8 of a 10-epoch cosine)
-    "sg_lfwreals_e8": dict(data=(SG,), reals_from=(LFW,), epochs=8, lr_epochs=10),
+    "sg_lfwreals_e8": dict(data=(SG,), reals_from=(LFW,), epochs=8, lr_epochs=10, patience=100),
 }
 FIELDS = ["recipe", "seed", "train_s", "epochs", *SCORE_FIELDS]
 
