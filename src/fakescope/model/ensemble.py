@@ -27,8 +27,9 @@ class Ensemble(nn.Module):
 
     def forward(self, x):
         """The fake logit, shape (N, 1): the highest member logit minus that member's offset."""
-        z = torch.cat([m(x) for m in self.members], dim=1)
-        return (z - self.offsets.to(z.dtype)).amax(dim=1, keepdim=True)
+        # float32 for the comparison: under bf16 autocast the offsets would lose digits
+        z = torch.cat([m(x).float() for m in self.members], dim=1)
+        return (z - self.offsets).amax(dim=1, keepdim=True)
 
     @property
     def target_layers(self) -> list[nn.Module]:
