@@ -57,11 +57,11 @@ def load_sources(
     ``reals_from`` come after them, their fakes left out."""
     sources, names, found = [], set(), set()
     for r in [*roots, *reals_from]:
-        root = Path(r).resolve()
+        root, reals_only = Path(r).resolve(), r in reals_from
         samples, origin = load_samples(root, seed=seed)
         found |= {g.lower() for g in generators(samples)}
         samples = drop_generators(samples, exclude)
-        if r in reals_from:
+        if reals_only:
             samples = [s for s in samples if s.label == 0]
         if limit_per_class:
             samples = _limit(samples, limit_per_class)
@@ -71,7 +71,7 @@ def load_sources(
         while name in names:  # two folders of the same name stay apart
             name += "'"
         names.add(name)
-        sources.append(Source(name, root, samples, origin, r in reals_from))
+        sources.append(Source(name, root, samples, origin, reals_only))
     unknown = sorted({e for e in exclude if e.lower() not in found})
     if unknown:
         raise FakescopeError(
@@ -203,7 +203,7 @@ def make_split(sources: list[Source], split: str, sbi: float, real_only: bool, s
     for src in sources:
         chosen = [s for s in src.samples if s.split == split]
         for s in chosen:
-            if not ((real_only or src.real_only) and s.label == 1):
+            if not (real_only and s.label == 1):
                 add(src, s, False)
         if sbi > 0:
             reals = [s for s in chosen if s.label == 0]

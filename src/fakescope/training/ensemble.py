@@ -94,8 +94,8 @@ def _validation_samples(runs: list[Run]):
 def combine_runs(runs, out, batch_size: int = 32, device: str = "auto", progress: bool = True):
     """Write the ensemble of ``runs`` (run folders or loaded runs) to ``out``; returns its
     loaded ``Run``."""
-    from ..data.dataset import ImageDataset, make_loader
-    from ..evaluation.evaluator import face_prepare
+    from ..data.dataset import make_loader
+    from ..evaluation.evaluator import face_prepare, scoring_dataset
     from ..model.runtime import select_runtime
     from ..scoring.scorer import Scorer, TorchBackend
 
@@ -116,10 +116,8 @@ def combine_runs(runs, out, batch_size: int = 32, device: str = "auto", progress
     model.eval()
 
     roots, samples, sources = _validation_samples(runs)
-    ds = ImageDataset(
-        roots, samples, spec.input_size, prepare=face_prepare(runs[0]), mean=spec.mean,
-        std=spec.std, fit=spec.fit,
-    )  # fmt: skip
+    # members see images alike (checked above), so the first one's view is everyone's
+    ds = scoring_dataset(runs[0], roots, samples, prepare=face_prepare(runs[0]))
     rt = select_runtime(device, precision=spec.precision)
     scorer = Scorer(TorchBackend(model, rt), spec, batch_size)
     s, y, _ = scorer.score_loader(make_loader(ds, batch_size), "validation", progress)
