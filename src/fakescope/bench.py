@@ -137,13 +137,18 @@ def loader_rate(data, size=299, batch=16, workers=0, batches=20, augment=True) -
     batch (worker start-up) untimed: what a GPU's training rate must not exceed."""
     from .data.dataset import ImageDataset, make_loader
     from .data.folders import load_samples
+    from .data.shards import ShardSet, ShardStream, is_shards
     from .data.transforms import Augment
 
-    samples, _ = load_samples(data)
-    train = [s for s in samples if s.split == "train"] or samples
     aug = Augment(True, 0.5, (60, 100), 0.3, 0.3, 1.0) if augment else None
-    ds = ImageDataset(Path(data), train, size=size, augment=aug)
-    loader = make_loader(ds, batch, True, workers, pin=torch.cuda.is_available())
+    if is_shards(data):  # the stream training reads, in its own order
+        ds = ShardStream(ShardSet.open(data), "train", batch, size=size, augment=aug)
+        loader = make_loader(ds, batch, False, workers, pin=torch.cuda.is_available())
+    else:
+        samples, _ = load_samples(data)
+        train = [s for s in samples if s.split == "train"] or samples
+        ds = ImageDataset(Path(data), train, size=size, augment=aug)
+        loader = make_loader(ds, batch, True, workers, pin=torch.cuda.is_available())
     it = iter(loader)
     next(it)
     t, n = time.perf_counter(), 0

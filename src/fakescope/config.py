@@ -27,7 +27,8 @@ class TrainConfig:
     data: tuple[str, ...] = opt(
         ("../shared/data/sg-ffhq",),
         "folder with real/ and fake/ (fake/<generator>/ for DFFD); splits.csv used when present. "
-        "Repeat to train on several sources at once (each epoch draws alike from each)",
+        "Repeat to train on several sources at once (each epoch draws alike from each). Or "
+        "shards from `fakescope shards` (their folder, or a glob of .tar files): streamed",
         repeat=True,
     )
     out: str = opt("runs/latest", "run folder to create")

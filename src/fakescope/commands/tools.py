@@ -1,4 +1,4 @@
-"""`fakescope bench` and `fakescope faces extract`."""
+"""`fakescope bench`, `fakescope faces extract` and `fakescope shards`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _add_bench(sub):
     p.add_argument(
         "--data",
         default=None,
-        help="instead: the training loader's images/s on this data folder (decoding, "
+        help="instead: the training loader's images/s on this data folder or shards (decoding, "
         "augmentation, resizing) beside the model's training rate, to see a starved GPU",
     )
     p.add_argument("--workers", default="0,2", help="with --data: loader worker counts to time")
@@ -111,6 +111,42 @@ def cmd_faces_extract(a) -> int:
     return 1 if r["failed"] else 0
 
 
+def _add_shards(sub):
+    p = sub.add_parser(
+        "shards",
+        help="pack a data folder into tar shards (WebDataset) for streamed training",
+        description="Write DIR's images into OUT/{train,val,test}-NNNNNN.tar of about "
+        "--shard-size MB each (the split: DIR/splits.csv, else the seeded 70/15/15 that "
+        "training draws), with OUT/shards.json and OUT/splits.csv. Each sample is the "
+        "image's original bytes, a json (path, label, split, generator) and a cls (0 real, "
+        "1 fake), readable by any WebDataset loader. `fakescope train --data OUT` and "
+        "`fakescope evaluate RUN --data OUT` stream them, in memory that does not grow with "
+        "the data; a glob such as 'OUT/train-00000[0-4].tar' picks some of them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("data", metavar="DIR", help="data folder with real/ and fake/")
+    p.add_argument("out", metavar="OUT", help="new folder for the shards")
+    p.add_argument("--shard-size", type=float, default=256, metavar="MB")
+    p.add_argument("--seed", type=int, default=0, help="the split's seed when DIR has none")
+    p.set_defaults(func=cmd_shards)
+
+
+def cmd_shards(a) -> int:
+    from ..data.shards import pack
+
+    r = pack(a.data, a.out, a.shard_size, a.seed)
+    for err in r["errors"]:
+        print(f"  skipped {err}", file=sys.stderr)
+    n = sum(e["count"] for e in r["shards"])
+    size = sum(e["bytes"] for e in r["shards"]) / 1e6
+    print(
+        f"{n} images in {len(r['shards'])} shard(s), {size:.1f} MB, under {a.out} "
+        f"({len(r['errors'])} unreadable file(s) left out)"
+    )
+    return 1 if r["errors"] else 0
+
+
 def add(sub) -> None:
     _add_faces(sub)
     _add_bench(sub)
+    _add_shards(sub)

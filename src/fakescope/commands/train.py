@@ -93,6 +93,7 @@ def _add_train(sub):
 
 def cmd_train(a) -> int:
     from ..data.folders import load_samples
+    from ..data.shards import ShardSet, is_shards
     from ..training.distributed import Ranks
     from ..training.loop import train
 
@@ -101,8 +102,12 @@ def cmd_train(a) -> int:
     if a.no_eval or not Ranks.from_env().lead:  # under torchrun only one process evaluates
         return 0
     for data in cfg.data:  # each source that has a test split
-        samples, _ = load_samples(data, seed=cfg.seed, exclude=cfg.exclude)
-        if any(s.split == "test" for s in samples):
+        if is_shards(data):
+            has_test = ShardSet.open(data).count("test") > 0
+        else:
+            samples, _ = load_samples(data, seed=cfg.seed, exclude=cfg.exclude)
+            has_test = any(s.split == "test" for s in samples)
+        if has_test:
             _evaluate_and_print(run, data, "test", None, cfg.batch_size, cfg.device, 24)
     return 0
 
@@ -110,7 +115,7 @@ def cmd_train(a) -> int:
 def _evaluate_and_print(
     run, data, split, out, batch_size, device, explain=0, faces=None, reencode=None, runtime="auto"
 ) -> int:
-    from ..evaluation.evaluator import evaluate, headline
+    from ..evaluation.evaluator import data_name, evaluate, headline
 
     m = evaluate(
         run,
@@ -124,7 +129,7 @@ def _evaluate_and_print(
         reencode=reencode,
         runtime=runtime,
     )
-    out = Path(out) if out else Path(run) / f"eval-{Path(data).name}-{m['split']}"
+    out = Path(out) if out else Path(run) / f"eval-{data_name(data)}-{m['split']}"
     print(headline(m))
     k = m["kde"]
     if "main_intersection" in k:

@@ -54,9 +54,19 @@ class ImageDataset(torch.utils.data.Dataset):
     def label_of(self, i: int) -> int:
         return 1 if self.blend and self.blend[i] else self.samples[i].label
 
+    def load(self, i: int):
+        """Image ``i`` as read from disk (RGB, upright), before any change."""
+        return load_rgb(self.path_of(i))
+
+    def framing_images(self, n: int) -> list:
+        """Up to ``n`` images spread over the set, pseudo-fakes left out (what measures how
+        the data frames its faces)."""
+        kept = [i for i in range(len(self)) if not (self.blend and self.blend[i])]
+        return [self.load(i) for i in kept[:: max(1, len(kept) // n)][:n]]
+
     def __getitem__(self, i):
         path = self.path_of(i)
-        im = load_rgb(path)
+        im = self.load(i)
         # seeded per (seed, epoch, index): reproducible with any number of workers
         rng = random.Random(hash((self.seed, self.epoch, i)))
         if self.blend and self.blend[i]:

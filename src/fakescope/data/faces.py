@@ -286,7 +286,12 @@ class FaceCropper:
 
     def training_crop(self, im: Image.Image, path) -> Image.Image:
         """The crop prediction would score first (most confident face), or the whole image when
-        no face is found: a missed detection must not drop a training image."""
+        no face is found: a missed detection must not drop a training image. The decision is
+        remembered per ``path``; None (streamed shards) remembers nothing, so that memory does
+        not grow with the data."""
+        if path is None:
+            found = self.crops(im)
+            return found[0][1] if found else im
         key = str(path)
         if key not in self._cache:
             found = self.crops(im)

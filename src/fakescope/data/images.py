@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -41,10 +42,21 @@ def check_file(path: str | Path, what: str) -> Path:
 def load_rgb(path: str | Path) -> Image.Image:
     """Open ``path`` as an 8-bit RGB image, upright per its EXIF orientation."""
     path = check_file(path, "an image")
+    return _decode(path, path)
+
+
+def decode_rgb(data: bytes, name: str) -> Image.Image:
+    """``load_rgb`` for an image's bytes (a member of a tar shard); errors name ``name``."""
+    if not data:
+        raise BadInput(f"{name}: empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source, path) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(source)
             if im.width * im.height > MAX_PIXELS:
                 raise TooLarge(
                     f"{path}: image too large ({im.width}x{im.height} pixels, limit {MAX_PIXELS:,})"

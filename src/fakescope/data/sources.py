@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import BadInput, FakescopeError
 from .folders import Sample, drop_generators, fingerprint, generators, load_samples, write_splits
+from .shards import ShardSource
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,9 @@ def _limit(samples, n):
 
 def write_split_file(sources: list[Source], path: Path) -> None:
     """The run's split.csv over all its sources (a ``source`` column when there are several)."""
+    if len(sources) == 1 and isinstance(sources[0], ShardSource):
+        sources[0].write_split(path)
+        return
     samples = [s for src in sources for s in src.samples]
     names = [src.name for src in sources for _ in src.samples] if len(sources) > 1 else None
     write_splits(samples, path, names)

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..data.dataset import ImageDataset, make_loader
 from ..data.folders import all_as, check_present, drop_generators, fingerprint, read_splits
+from ..data.shards import ShardImages, ShardSample, ShardSet, is_shards
 from ..data.transforms import Augment
 from ..errors import FakescopeError
 from ..runs import Run, load_run, write_json
@@ -33,9 +34,22 @@ def same_data(run: Run, data: Path) -> bool:
     return False
 
 
+def data_name(data) -> str:
+    """A data set's short name (its folder's; for shards picked by a glob, their folder's)."""
+    return ShardSet.open(data).name if is_shards(data) else Path(data).name
+
+
 def split_samples(run: Run, data: Path, split: str | None):
     """Samples of ``data`` for ``split``; the split comes from the data's splits.csv, else from
-    the run's own split.csv when the run was trained on this very folder."""
+    the run's own split.csv when the run was trained on this very folder. Shards carry their
+    split in each sample."""
+    if is_shards(data):
+        shards = ShardSet.open(data)
+        split = split or "test"
+        chosen = shards.samples(None if split == "all" else split)
+        if same_data(run, shards.root):
+            chosen = drop_generators(chosen, run.meta.config.exclude)
+        return chosen, split
     have_csv = (data / "splits.csv").exists()
     same = same_data(run, data)
     if split is None:
@@ -67,7 +81,8 @@ def face_prepare(run: Run, faces: str | None = None):
 
 def scoring_dataset(run: Run, data, samples, augment=None, prepare=None) -> ImageDataset:
     """The images of ``samples`` as the run's model sees them (its size, fit, normalisation)."""
-    return ImageDataset(
+    kind = ShardImages if samples and isinstance(samples[0], ShardSample) else ImageDataset
+    return kind(
         data, samples, run.input_size, augment, prepare=prepare, mean=run.mean, std=run.std,
         fit=run.fit,
     )  # fmt: skip
@@ -114,7 +129,7 @@ def evaluate(
     samples, split = split_samples(run, data, split)
     if not samples or len({s.label for s in samples}) < 2:
         raise FakescopeError(f"{data}: split {split!r} needs images of both classes")
-    out = Path(out) if out else run.path / f"eval-{data.name}-{split}"
+    out = Path(out) if out else run.path / f"eval-{data_name(data)}-{split}"
     out.mkdir(parents=True, exist_ok=True)
     faces = faces or run.meta.face_mode
     scorer = Scorer.of_run(run, device, batch_size, runtime)

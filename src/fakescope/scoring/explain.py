@@ -152,7 +152,5 @@ def explanation_figures(model, threshold, ds, y, s, out: Path, per_class: int = 
 
 def ds_image(ds, i: int) -> Image.Image:
     """The image the model saw for sample i of an ImageDataset (after the face stage)."""
-    from ..data.images import load_rgb
-
-    im = load_rgb(ds.path_of(i))
+    im = ds.load(i)
     return ds.prepare(im, ds.path_of(i)) if ds.prepare else im

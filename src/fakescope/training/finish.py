@@ -23,12 +23,10 @@ def face_framing(cfg: TrainConfig, train_ds, n: int = 32) -> dict:
         margin = cfg.face_margin if cfg.face_margin > 0 else DEFAULT_FACE_MARGIN
         return {"mode": cfg.faces, "margin": margin, "margin_source": "configured"}
     from ..data.faces import framing_margin
-    from ..data.images import load_rgb
 
-    real = [i for i in range(len(train_ds)) if not (train_ds.blend and train_ds.blend[i])]
-    picked = real[:: max(1, len(real) // n)][:n]
+    picked = train_ds.framing_images(n)
     try:
-        m = framing_margin([load_rgb(train_ds.path_of(i)) for i in picked])
+        m = framing_margin(picked)
     except ImportError as e:  # facenet-pytorch missing: prediction without faces still works
         log.warning("face detector unavailable (%s); face margin left at the default", e)
         m = None

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig
 from ..data.dataset import ImageDataset, make_loader
 from ..data.order import BalancedOrder, ShuffledOrder
+from ..data.shards import is_shards
 from ..data.sources import SBI_SOURCE, load_sources, make_split, write_split_file
 from ..data.transforms import Augment
 from ..errors import FakescopeError
@@ -53,6 +54,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def peak_rss() -> str:
+    """Peak resident memory of this process and of its largest finished child (a loader
+    worker), in MB: flat from epoch to epoch when the data streams."""
+    import resource
+
+    kb = [resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return f"{kb[0] / 1024:.0f}" + (f" (workers {kb[1] / 1024:.0f})" if kb[1] else "")
 
 
 def n_batches_per_epoch(n_images: int, cfg: TrainConfig, world: int) -> int:
@@ -101,6 +111,11 @@ def _sources(cfg: TrainConfig, resume: bool):
     out = Path(cfg.out)
     if (out / META).exists() and not resume:
         raise FakescopeError(f"{out}: a finished run is already there; pick another --out")
+    if any(is_shards(d) for d in cfg.data):
+        sources = [_shard_source(cfg)]
+        if resume and not out.is_dir():
+            raise FakescopeError(f"{out}: nothing to resume (no such run folder)")
+        return sources
     sources = load_sources(cfg.data, cfg.seed, cfg.exclude, cfg.limit_per_class, cfg.train_fraction,
                            cfg.reals_from)  # fmt: skip
     for src in sources:
@@ -117,6 +132,31 @@ def _sources(cfg: TrainConfig, resume: bool):
     if resume and not out.is_dir():
         raise FakescopeError(f"{out}: nothing to resume (no such run folder)")
     return sources
+
+
+def _shard_source(cfg: TrainConfig):
+    """The run's one source when --data names shards, with what streaming cannot do refused."""
+    from ..data.shards import ShardSource
+
+    refused = [
+        (len(cfg.data) > 1, "one --data at a time; pack the folders into one set of shards"),
+        (bool(cfg.reals_from), "no --reals-from"),
+        (cfg.sbi > 0, "no --sbi (self-blending reads landmarks cached per file): use the folder"),
+        (cfg.source_heads, "no --source-heads"),
+        (bool(cfg.exclude), "no --exclude: pack the folder without that generator"),
+        (cfg.limit_per_class > 0 or cfg.train_fraction < 1,
+         "no --limit-per-class or --train-fraction: pack the subset instead"),
+    ]  # fmt: skip
+    for bad, what in refused:
+        if bad:
+            raise FakescopeError(f"--data {cfg.data[0]}: training on shards takes {what}")
+    src = ShardSource(cfg.data[0])
+    for split in ("train", "val"):
+        lack = [("real", "fake")[k] for k in sorted({0, 1} - src.labels(split))]
+        if lack:
+            what = " and ".join(lack)
+            raise FakescopeError(f"{src.root}: no {what} images in the {split} shards")
+    return src
 
 
 def _check_writable(out: Path) -> None:
@@ -282,6 +322,8 @@ def _datasets(cfg: TrainConfig, sources, ranks: Ranks, progress: bool):
         cfg.crop_scale,
     )
     prepare = _prepare_fn(cfg)
+    if getattr(sources[0], "shards", None) is not None:
+        return _streams(cfg, sources[0], ranks, aug, prepare)
     tr = make_split(sources, "train", cfg.sbi, cfg.real_only, cfg.seed)
     # validation judges the fakes the run will meet: the data's own, or (real-only) pseudo-fakes
     va = make_split(sources, "val", cfg.sbi if cfg.real_only else 0, cfg.real_only, cfg.seed + 1)
@@ -296,6 +338,17 @@ def _datasets(cfg: TrainConfig, sources, ranks: Ranks, progress: bool):
     else:
         order = ShuffledOrder(len(train_ds), ranks.rank, ranks.world)
     return train_ds, val_ds, va.source[mine], order, tr, blender
+
+
+def _streams(cfg: TrainConfig, src, ranks: Ranks, aug, prepare):
+    """``_datasets`` for shards: the training stream is its own order (``data.shards``)."""
+    from ..data.shards import ShardStream
+
+    common = dict(size=cfg.input_size, seed=cfg.seed, prepare=prepare, fit=cfg.fit,
+                  rank=ranks.rank, world=ranks.world)  # fmt: skip
+    train_ds = ShardStream(src.shards, "train", cfg.batch_size, augment=aug, **common)
+    val_ds = ShardStream(src.shards, "val", cfg.batch_size, train=False, **common)
+    return train_ds, val_ds, [src.name] * len(val_ds), train_ds, train_ds, None
 
 
 def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> None:
@@ -399,9 +452,11 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
                 if lead:
                     log.info(f"fakescope: epoch {epoch + 1} resumes at {resumed_at}")
             order.set_epoch(epoch + 100 * step, seed, start, cfg.batch_size)
+            streamed = order is train_ds  # shards: the stream orders itself
             loader = make_loader(
-                train_ds, cfg.batch_size // ranks.world, True, cfg.workers, seed, order, pin
-            )
+                train_ds, cfg.batch_size // ranks.world, not streamed, cfg.workers, seed,
+                None if streamed else order, pin,
+            )  # fmt: skip
             # the lead carries the sums of the batches trained before the interruption
             carried = tuple(state.partial) if lead and start else (0.0, 0)
 
@@ -446,6 +501,7 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
                     "lr": f"{opt.param_groups[0]['lr']:.3g}",
                     "images_per_s": f"{seen / secs:.2f}",
                     "seconds": f"{secs:.1f}",
+                    "peak_rss_mb": peak_rss(),
                     "resumed_at": resumed_at,
                 }
                 sink.write(row, state.global_epoch)
@@ -454,7 +510,8 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
                     f"  step {step + 1} epoch {epoch + 1}{plan}: train loss "
                     f"{loss_sum / max(seen, 1):.4f}, val loss {val_loss:.4f}, val AUC {auc:.4f}"
                     + "".join(f" ({k} {v:.4f})" for k, v in by_source.items())
-                    + f", val acc {acc:.4f}{'  (best)' if improved else ''}"
+                    + f", val acc {acc:.4f}, peak memory {row['peak_rss_mb']} MB"
+                    + ("  (best)" if improved else "")
                 )
             if improved:
                 best_state = {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}

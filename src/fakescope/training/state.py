@@ -23,6 +23,8 @@ LOG_FIELDS = [
     "lr",
     "images_per_s",
     "seconds",
+    # peak resident memory so far, MB: this process, and its largest finished loader worker
+    "peak_rss_mb",
     "resumed_at",  # an epoch resumed from a checkpoint inside it: the batch and process counts
 ]
 
@@ -120,10 +122,9 @@ class LogSink:
         self.rows: list[list[str]] = []
         if resume and self.path.exists():
             with open(self.path, newline="") as fh:
-                old = list(csv.reader(fh))[1:]
-            # rows of older versions lack the last columns
-            pad = [""] * len(LOG_FIELDS)
-            self.rows = [(r + pad)[: len(LOG_FIELDS)] for r in old if r][:keep]
+                old = list(csv.DictReader(fh))
+            # by column name: rows of older versions lack some columns
+            self.rows = [[r.get(k) or "" for k in LOG_FIELDS] for r in old][:keep]
         self._rewrite()
         self.tb = None
         if tensorboard:
