@@ -51,6 +51,9 @@ CHECKS = {
         "1 (demo)": {},
         "1+2 (demo)": dict(steps=2),
         "1+2+3 (demo)": dict(steps=3),
+        # steps 2 and 3 add their own epochs: step 1 alone as long, so that more training
+        # is not mistaken for the steps' freezing
+        "1, as long as 1+2+3 (demo)": dict(epochs=6, lr_epochs=9),
         "1 (paper's Adam 1e-3)": dict(PAPER),
         "1+2 (paper's Adam 1e-3)": dict(PAPER, steps=2),
         "1+2+3 (paper's Adam 1e-3)": dict(PAPER, steps=3),

@@ -106,14 +106,24 @@ SCORE_FIELDS = ["split", "data", "auc", "ap", "f1", "precision", "recall", "thre
 def score_rows(run: Path, sets: list[Path], limit: int = 0) -> list[dict]:
     """``run`` scored on the val and test splits of every data set in ``sets`` (its stored
     threshold for F1, precision and recall): one row of SCORE_FIELDS per split and set."""
+    import json
+
     from fakescope.evaluation.crossset import cross_matrix
 
     rows = []
     for split in ("val", "test"):
-        m = cross_matrix(
-            [run], sets, split=split, out=run / f"matrix-{split}", progress=False,
-            batch_size=64, limit=limit,
-        )  # fmt: skip
+        done = run / f"matrix-{split}" / "matrix.json"
+        m = json.loads(done.read_text()) if done.exists() else None
+        want = [str(Path(d).resolve()) for d in sets]
+        if (
+            m is None
+            or m["limit_per_class"] != limit
+            or [c["data_path"] for c in m["cells"]] != want
+        ):  # scored before on the same sets: reused, else scored (again)
+            m = cross_matrix(
+                [run], sets, split=split, out=run / f"matrix-{split}", progress=False,
+                batch_size=64, limit=limit,
+            )  # fmt: skip
         for c in m["cells"]:
             rows.append(
                 {

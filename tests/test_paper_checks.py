@@ -39,7 +39,8 @@ def test_every_check_writes_its_table_and_plot(checks):
         "finetune": {"head only", "last stage + head", "every layer"},
         "steps": {
             f"{s} ({w})" for s in ("1", "1+2", "1+2+3") for w in ("demo", "paper's Adam 1e-3")
-        },
+        }
+        | {"1, as long as 1+2+3 (demo)"},
         "head": {
             "mobilenet_v2 gap",
             "mobilenet_v2 flatten",
