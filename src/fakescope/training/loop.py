@@ -57,12 +57,21 @@ def seed_everything(seed: int) -> None:
 
 
 def peak_rss() -> str:
-    """Peak resident memory of this process and of its largest finished child (a loader
-    worker), in MB: flat from epoch to epoch when the data streams."""
+    """Peak resident memory of this process and of its largest child (a loader worker, alive
+    or finished), in MB: flat from epoch to epoch when the data streams."""
+    import multiprocessing
     import resource
 
-    kb = [resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    return f"{kb[0] / 1024:.0f}" + (f" (workers {kb[1] / 1024:.0f})" if kb[1] else "")
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = [resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]
+    for child in multiprocessing.active_children():  # live workers' high-water marks (Linux)
+        try:
+            status = Path(f"/proc/{child.pid}/status").read_text()
+            kids += [int(line.split()[1]) / 1024 for line in status.splitlines()
+                     if line.startswith("VmHWM:")]  # fmt: skip
+        except (OSError, ValueError, IndexError):
+            pass
+    return f"{own:.0f}" + (f" (workers {max(kids):.0f})" if max(kids) else "")
 
 
 def n_batches_per_epoch(n_images: int, cfg: TrainConfig, world: int) -> int:
