@@ -32,16 +32,19 @@ class Server:
         self.port = _free_port()
         self.tmp = tmp
         env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
+        # to a file, not a pipe nobody reads: a full pipe would stall the server mid-request,
+        # and the file is there to read when a test fails
+        self.log = tmp / "server.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fakescope.cli", "serve", str(run), "--port", str(self.port),
              *extra],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
+                raise RuntimeError(f"server exited: {self.log.read_text()}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return
@@ -234,7 +237,7 @@ def test_api_key_and_a_full_server_answer_clearly(small_run, tmp_path):
             t.start()
         for t in threads:
             t.join()
-        assert (200, None) in codes and (503, "1") in codes, codes
+        assert (200, None) in codes and (503, "1") in codes, (codes, s.log.read_text()[-3000:])
         assert {c for c, _ in codes} <= {200, 503}
         assert _post(s, files, headers={"X-API-Key": "s3cret"}).status_code == 200
     finally:
