@@ -120,10 +120,9 @@ class ShardSet:
             if split in (None, d["split"]):
                 shard = self.root / d["file"]
                 for key, parts in members(shard):
-                    info = json.loads(read_part(shard, parts["json"]))
-                    ext = image_key(parts, shard, key)
+                    info, image = describe(shard, key, parts)
                     out.append(ShardSample(info["path"], int(info["label"]), info["split"],
-                                           info["generator"], str(shard), parts[ext]))  # fmt: skip
+                                           info["generator"], str(shard), image))  # fmt: skip
         return out
 
 
@@ -191,11 +190,12 @@ def read_part(shard, where: tuple[int, int]) -> bytes:
         return fh.read(where[1])
 
 
-def image_key(parts: dict, shard, key) -> str:
+def describe(shard, key, parts: dict) -> tuple[dict, tuple[int, int]]:
+    """A sample's json and where its image's bytes lie (offset, size)."""
     found = [e for e in parts if e in IMAGE_KEYS]
     if not found or "json" not in parts:
         raise FakescopeError(f"{shard}: sample {key} lacks an image or its json")
-    return found[0]
+    return json.loads(read_part(shard, parts["json"])), parts[found[0]]
 
 
 def pack(data, out, shard_mb: float = 256, seed: int = 0, progress: bool = True) -> dict:
@@ -307,8 +307,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             rng.shuffle(files)
         pos, held = 0, []
         for shard in files:
-            for _, parts in members(shard):
-                ref = (shard, parts)
+            for key, parts in members(shard):
+                ref = (shard, key, parts)
                 if self.train:
                     if len(held) < self.buffer:
                         held.append(ref)
@@ -338,18 +338,16 @@ class ShardStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         end = self.n_batches() * self.batch_size if self.train else self.total
-        for pos, (shard, parts) in self._stream():
+        for pos, (shard, key, parts) in self._stream():
             if pos >= end:
                 break
             if self.mine(pos, workers, worker):
-                im, label = self.read(shard, parts)
+                im, label = self.read(shard, key, parts)
                 yield self.tensor(im, pos), label, pos
 
-    def read(self, shard: Path, parts: dict):
-        ext = image_key(parts, shard, "?")
-        info = json.loads(read_part(shard, parts["json"]))
-        name = f"{shard}:{info['path']}"
-        return decode_rgb(read_part(shard, parts[ext]), name), int(info["label"])
+    def read(self, shard: Path, key: str, parts: dict):
+        info, image = describe(shard, key, parts)
+        return decode_rgb(read_part(shard, image), f"{shard}:{info['path']}"), int(info["label"])
 
     def tensor(self, im, pos: int):
         rng = random.Random(hash((self.seed, self.epoch, pos)))
@@ -363,10 +361,10 @@ class ShardStream(torch.utils.data.IterableDataset):
         """The first ``n`` images of the split in file order."""
         out = []
         for shard in self.files:
-            for _, parts in members(shard):
+            for key, parts in members(shard):
                 if len(out) >= n:
                     return out
-                out.append(self.read(shard, parts)[0])
+                out.append(self.read(shard, key, parts)[0])
         return out
 
 
