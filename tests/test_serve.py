@@ -118,6 +118,32 @@ def test_explain_returns_png_overlays(server):
     assert im.mode == "RGB" and min(im.size) > 32
 
 
+def test_concurrent_explain_requests_all_answer(server):
+    # Grad-CAM of several files and requests at once, beside scoring: it must run on the
+    # model's own thread (two threads in one network corrupted the heap and killed the server)
+    imgs = sg_images("real", n=2) + sg_images("fake", n=2)
+    files = [(p.name, p.read_bytes()) for p in imgs]
+    codes, lock = [], threading.Lock()
+
+    def client(explain):
+        try:
+            r = _post(server, files, explain=explain)
+            got = (r.status_code, all("overlay_png" in f["rows"][0] for f in r.json()["files"]))
+        except httpx.HTTPError as e:
+            got = (repr(e), None)
+        with lock:
+            codes.append((explain, got))
+
+    threads = [threading.Thread(target=client, args=(k % 3 != 0,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes, key=str) == [(False, (200, False))] * 2 + [(True, (200, True))] * 4, (
+        codes, server.log.read_text()[-2000:])  # fmt: skip
+    assert httpx.get(server.url + "/healthz").status_code == 200
+
+
 def _png_header(w, h) -> bytes:
     def chunk(kind, body):
         return (

@@ -210,7 +210,10 @@ def create_app(predictor, limits: Limits | None = None, api_key: str | None = No
             scores = await batcher.score([u.image for u in prep.units])
         except Busy:
             raise _Refused(503, "busy: the scoring queue is full; retry shortly") from None
-        rows = await run_in_threadpool(predictor.finish_file, prep, scores, explain)
+        if explain:  # Grad-CAM runs the network: only on its own thread (batcher.py)
+            rows = await batcher.on_model_thread(predictor.finish_file, prep, scores, True)
+        else:
+            rows = await run_in_threadpool(predictor.finish_file, prep, scores, False)
         out = []
         for r in rows:
             d = r.as_dict()

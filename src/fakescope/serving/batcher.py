@@ -44,6 +44,12 @@ class MicroBatcher:
             raise Busy from None
         return await fut
 
+    async def on_model_thread(self, fn, *args):
+        """``fn(*args)`` on the worker thread, between batches. Whatever else uses the model
+        (Grad-CAM's hooks and backward pass) must run there: two threads in one network at once
+        corrupted the heap (a served explain request crashed the process)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
