@@ -54,6 +54,13 @@ RECIPES = {
     # epochs; here 10 of a 12-epoch cosine instead of 4 of 5
     "sbi_only_e10": dict(data=(SG, LFW), sbi=1.0, real_only=True, epochs=10, lr_epochs=12, **JPEG),
     "sbi_only_aug": dict(data=(SG, LFW), sbi=1.0, real_only=True, **AUG),
+    # must-show 2 (session 11): the SBI authors' own batches and masks, which fakescope's SBI
+    # had left out: each real beside its pseudo-fake in a batch, four mask shapes (data/sbi.py)
+    "sbi_only_authors": dict(
+        data=(SG, LFW), sbi=1.0, real_only=True, sbi_pairs=True, sbi_masks="mixed", **JPEG
+    ),
+    "sbi_only_pairs": dict(data=(SG, LFW), sbi=1.0, real_only=True, sbi_pairs=True, **JPEG),
+    "sbi_only_masks": dict(data=(SG, LFW), sbi=1.0, real_only=True, sbi_masks="mixed", **JPEG),
     # must-show 3 (session 9): one network per kind of fake instead of one for all. This is the
     # blend expert (a real photo with a pasted face: lfw-faceswap's swaps and SBI's pseudo-fakes
     # share that cue, so they do not conflict); the demo run is the synthesis expert

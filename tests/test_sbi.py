@@ -13,7 +13,7 @@ from PIL import Image
 
 from fakescope.data import landmarks as L
 from fakescope.data.landmarks import LandmarkCache, Mtcnn5, landmark_source
-from fakescope.data.sbi import BLEND_RATIOS, SelfBlend, hull_mask
+from fakescope.data.sbi import BLEND_RATIOS, MASK_SHAPES, SelfBlend, hull_mask, shape_mask
 from fakescope.errors import BadInput, FakescopeError
 
 from .conftest import LFW, SG, sg_images
@@ -161,6 +161,49 @@ def test_blend_stays_inside_the_face_with_default_geometry(faces):
             assert not changed[~dilated(hull, margin)].any()
             # Most of the blending weight sits on the face itself.
             assert w[hull > 0].sum() > 0.6 * w.sum()
+
+
+def test_the_authors_mask_shapes_cover_the_face_each_its_own_way(faces):
+    for im, pts in faces:
+        hull = hull_mask(pts, im.size)
+        face = np.sqrt(hull.sum())
+        masks = {k: shape_mask(pts, im.size, k) for k in MASK_SHAPES}
+        assert np.array_equal(masks["facehull"], hull)
+        if len(pts) != 68:  # MTCNN's 5 points: every shape is the hull
+            assert all(np.array_equal(m, hull) for m in masks.values())
+            continue
+        # DeepFaceLab's full mask is the hull's own outline on these faces; the others differ
+        assert len({m.tobytes() for m in masks.values()}) >= 3
+        for k, m in masks.items():
+            assert m.sum() > 0.6 * hull.sum(), f"{k} leaves most of the face out"
+            # unions of hulls of the face's own points; "extended" raises the brows onto the
+            # forehead by half their distance from the eyes
+            reach = 0.25 * face if k == "extended" else 1.5
+            assert not (m > 0)[~dilated(hull, reach)].any(), f"{k} reaches off the face"
+        assert (masks["extended"] > hull).any()
+    with pytest.raises(FakescopeError, match="mask shape"):
+        shape_mask(pts, im.size, "ellipse")
+    with pytest.raises(FakescopeError, match="mask_shapes"):
+        SelfBlend(mask_shapes=("facehull", "ellipse"))
+
+
+def test_mixed_mask_shapes_are_seeded_and_stay_on_the_face(faces):
+    sbi = SelfBlend(mask_shapes=MASK_SHAPES)
+    shapes = set()
+    for seed in range(4):
+        for im, pts in faces:
+            fake, w = sbi(im, pts, random.Random(seed))
+            again, w2 = sbi(im, pts, random.Random(seed))
+            assert fake.tobytes() == again.tobytes() and np.array_equal(w, w2)
+            hull = hull_mask(pts, im.size)
+            face = np.sqrt(hull.sum())
+            changed = (np.asarray(fake) != np.asarray(im)).any(axis=2)
+            assert not changed[w == 0].any()
+            radius = np.abs(pts - pts.mean(0)).max()  # as the default geometry's test, + forehead
+            margin = 0.03 * im.width + 0.053 * radius + (0.02 + 0.03 + 0.19 + 0.25) * face + 2
+            assert not changed[~dilated(hull, margin)].any()
+            shapes.add((w > 0).sum())
+    assert len(shapes) > len(faces)  # masks vary with the seed
 
 
 @pytest.mark.parametrize("size", [(96, 96), (600, 450)])

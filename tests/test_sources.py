@@ -13,8 +13,9 @@ import pytest
 from fakescope.config import TrainConfig
 from fakescope.data.dataset import ImageDataset
 from fakescope.data.images import load_rgb
-from fakescope.data.order import BalancedOrder
+from fakescope.data.order import BalancedOrder, PairedOrder
 from fakescope.data.sources import SelfBlender, load_sources, make_split
+from fakescope.errors import FakescopeError
 from fakescope.training.loop import train
 
 from .conftest import LFW, SG
@@ -104,6 +105,40 @@ def test_a_run_on_two_sources_with_only_pseudo_fakes(tmp_path, monkeypatch):
     assert meta["time_budget"]["epochs"] == len(rows) >= 1
     split = list(csv.DictReader(open(run / "split.csv")))
     assert {r["source"] for r in split} == {"sg-ffhq", "lfw-faceswap"}
+
+
+def test_paired_order_keeps_each_real_beside_its_pseudo_fake(sources):
+    tr = make_split(sources, "train", 1.0, True, 0)
+    pairs = tr.pairs()
+    assert len(pairs) == 12
+    assert all(tr.samples[a] is tr.samples[b] and not tr.blend[a] and tr.blend[b] for a, b in pairs)
+    partner = dict(pairs)
+
+    def order(epoch, rank=0, world=1):
+        units = BalancedOrder([str(tr.roots[a]) for a, _ in pairs], seed=0)
+        o = PairedOrder(units, pairs, rank, world)
+        o.set_epoch(epoch, 7 + epoch)
+        return list(o)
+
+    for world in (1, 2):
+        shares = [order(1, rank, world) for rank in range(world)]
+        # each process's share is whole pairs, real first, so any even batch share holds both
+        for share in shares:
+            assert all(partner[share[k]] == share[k + 1] for k in range(0, len(share), 2))
+        assert sorted(i for share in shares for i in share[::2]) == sorted(partner)
+    # seeded per epoch, as the other orders
+    assert order(1) == order(1) and order(2) != order(1)
+    with pytest.raises(FakescopeError, match="--sbi-pairs"):
+        TrainConfig(data=(str(SG),), sbi=0.5, sbi_pairs=True).check()
+
+
+def test_a_paired_run_with_the_authors_mask_shapes(tmp_path, monkeypatch):
+    run = train_tiny(tmp_path, monkeypatch, sbi=1.0, real_only=True, sbi_pairs=True,
+                     sbi_masks="mixed")  # fmt: skip
+    meta = json.loads((run / "fakescope.json").read_text())
+    assert meta["sbi"]["mask_shapes"] == ["facehull", "dfl_full", "components", "extended"]
+    assert meta["train"]["sbi_pairs"] is True
+    assert len(list(csv.DictReader(open(run / "log.csv")))) == 1
 
 
 def test_source_checks_name_what_is_missing(tmp_path):

@@ -121,6 +121,17 @@ class TrainConfig:
         "train and validate without any fake image of the data: the fakes are the self-blended "
         "ones (needs --sbi)",
     )
+    sbi_masks: str = opt(
+        "hull",
+        "mask shapes of the pseudo-fakes: hull (the 68 points' convex hull) or mixed (one of "
+        "four face-mask shapes per image, as the SBI authors' code draws; data/sbi.py)",
+        choices=("hull", "mixed"),
+    )
+    sbi_pairs: bool = opt(
+        False,
+        "every real image and its pseudo-fake in the same batch (the SBI authors' batches), so "
+        "the blend is all that tells them apart; needs --real-only --sbi 1",
+    )
     reals_from: tuple[str, ...] = opt(
         (),
         "a data folder whose real images only are added (repeatable): an expert on one kind "
@@ -213,7 +224,7 @@ class TrainConfig:
             raise FakescopeError(
                 f"--batch-size ({self.batch_size}) must be a multiple of --procs ({self.procs})"
             )
-        for name in ("fit", "head", "lr_schedule", "faces", "precision", "select_by"):
+        for name in ("fit", "head", "lr_schedule", "faces", "precision", "select_by", "sbi_masks"):
             allowed = choices(name)
             if getattr(self, name) not in allowed:
                 flag = "--" + name.replace("_", "-")
@@ -231,6 +242,9 @@ class TrainConfig:
             raise FakescopeError("--sbi must be 0 (off) or more, e.g. 1")
         if self.real_only and not self.sbi:
             raise FakescopeError("--real-only needs --sbi: without fakes there is nothing to learn")
+        if self.sbi_pairs and not (self.real_only and self.sbi == 1):
+            raise FakescopeError("--sbi-pairs pairs each real image with one pseudo-fake: "
+                                 "use it with --real-only --sbi 1")  # fmt: skip
         if self.time_budget < 0 or (self.time_budget and self.steps != 1):
             raise FakescopeError("--time-budget sizes one training step: use it with --steps 1")
         if self.ema and not 0 < self.ema < 1:

@@ -85,3 +85,24 @@ class BalancedOrder(TrainOrder):
             order += drawn[: self.per_group]
         rng.shuffle(order)
         return order
+
+
+class PairedOrder(TrainOrder):
+    """Each real image beside its self-blended twin, in the same batch and the same process (the
+    SBI authors' batches: the blend is all that tells a pair apart). ``units`` orders the pairs
+    (any TrainOrder over ``len(pairs)`` items); each run of ``world`` pairs is laid out first
+    members, then second members, so that process r, which takes every ``world``-th image,
+    takes pair r whole. Needs an even number of images per process and batch."""
+
+    def __init__(self, units: TrainOrder, pairs: list[tuple[int, int]], rank=0, world=1):
+        super().__init__(rank, world)
+        self.units, self.pairs = units, pairs
+
+    def epoch_order(self) -> list[int]:
+        self.units.epoch, self.units.seed = self.epoch, self.seed
+        ids = self.units.epoch_order()
+        order: list[int] = []
+        for k in range(0, len(ids), self.world):
+            run = [self.pairs[u] for u in ids[k : k + self.world]]
+            order += [a for a, _ in run] + [b for _, b in run]
+        return order

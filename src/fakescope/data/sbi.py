@@ -38,10 +38,16 @@ Where ``SelfBlend``'s defaults differ from the authors' code (mapooon/SelfBlende
 - Affine: scaled about the landmarks' centre, not the image centre, so the blended face stays
   on the face however the crop is framed. Translation is a fraction of the image (3% x, 1.5% y)
   as in the authors' code; scale 0.95-1/0.95 drawn per axis, also as there.
-- Mask: only the 68-point convex hull (the authors also use 81-point hulls with the forehead,
-  which need a landmark model not on PyPI). Their mask is blurred, thresholded at 1 (an erosion
-  of about half the first kernel, 2-12 px), and blurred again (kernel 5-25 px); here erosion /
-  dilation and blur are explicit: morph radius in [-8%, +2%] of the face size (negative erodes;
+- Mask shape: by default the 68-point convex hull. The authors' code draws one of four shapes
+  per image from Face X-ray's mask library (the convex hull; DeepFaceLab's "full" mask, a union
+  of jaw, nose-ridge and brow hulls; "components", a union of eight hulls of face parts; and
+  "extended", the components with the brows raised towards the forehead) and, with 81-point
+  landmarks (not on PyPI), hulls that include the forehead. ``mask_shapes=MASK_SHAPES`` draws
+  from the four 68-point shapes as they do (``fakescope train --sbi-masks mixed``); with fewer
+  than 68 landmarks (MTCNN's 5) every shape is the hull.
+- Mask edge: their mask is blurred, thresholded at 1 (an erosion of about half the first
+  kernel, 2-12 px), and blurred again (kernel 5-25 px); here erosion / dilation and blur are
+  explicit: morph radius in [-8%, +2%] of the face size (negative erodes;
   Face X-ray's recipe also dilates a little), blur sigma 1-5% of the face size per axis, which
   matches a 5-25 px kernel on a ~150 px face. The elastic field (authors: albumentations
   ElasticTransform alpha 50, sigma 7, a 1-3 px wiggle) is a smooth random displacement with
@@ -73,6 +79,54 @@ BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
 MASK_EPS = 1e-3
 # A hull smaller than this (square pixels) is no face: landmarks collapsed to a point or line.
 MIN_HULL_PIXELS = 16
+
+# Mask shapes on dlib's 68 points, each a union of convex hulls of point groups (Face X-ray's
+# DeepFakeMask shapes, which the SBI authors draw from). Indices: 0-16 jaw, 17-21 and 22-26 the
+# brows, 27-30 nose ridge, 31-35 nostrils, 36-47 eyes, 48-67 mouth.
+_R = range
+_SHAPES = {
+    "dfl_full": (
+        [*_R(0, 17), *_R(48, 68), 0, 8, 16],  # jaw and mouth
+        [*_R(27, 31), 33],  # nose ridge
+        [*_R(17, 27), 0, 27, 16, 33],  # brows down to the nose
+    ),
+    "components": (
+        [*_R(0, 9), 17],  # right jaw
+        [*_R(8, 17), 26],  # left jaw
+        [17, 18, 19, 8],  # right cheek
+        [24, 25, 26, 8],  # left cheek
+        [*_R(19, 25), 8],  # nose ridge to chin
+        [*_R(17, 22), 27, *_R(31, 36), 8],  # right eye region
+        [*_R(22, 27), 27, *_R(31, 36), 8],  # left eye region
+        [*_R(27, 31), *_R(31, 36)],  # nose
+    ),
+}
+MASK_SHAPES = ("facehull", "dfl_full", "components", "extended")
+
+
+def _raised_brows(pts: np.ndarray) -> np.ndarray:
+    """The 68 points with each brow moved up by half its distance from the eye's top edge (the
+    "extended" shape reaches onto the forehead)."""
+    p = pts.copy()
+    outer_l, outer_r = (p[36] + p[0]) / 2, (p[45] + p[16]) / 2
+    under_l = np.array([(p[36] + outer_l) / 2, p[36], p[37], p[38], p[39]])
+    under_r = np.array([p[42], p[43], p[44], p[45], (p[45] + outer_r) / 2])
+    p[17:22] += (p[17:22] - under_l) / 2
+    p[22:27] += (p[22:27] - under_r) / 2
+    return p
+
+
+def shape_mask(landmarks, size: tuple[int, int], shape: str = "facehull") -> np.ndarray:
+    """Like ``hull_mask`` for one of ``MASK_SHAPES``: 1 inside the union of the shape's hulls.
+    Shapes other than the hull need dlib's 68 points; with others the hull is used."""
+    pts = _check_landmarks(landmarks)
+    if shape not in MASK_SHAPES:
+        raise FakescopeError(f"mask shape {shape!r}: choose from {', '.join(MASK_SHAPES)}")
+    if shape == "facehull" or len(pts) != 68:
+        return hull_mask(pts, size)
+    if shape == "extended":
+        pts, shape = _raised_brows(pts), "components"
+    return np.maximum.reduce([hull_mask(pts[list(g)], size) for g in _SHAPES[shape]])
 
 
 def _check_landmarks(landmarks) -> np.ndarray:
@@ -133,6 +187,8 @@ class SelfBlend:
     morph: tuple[float, float] = (-0.08, 0.02)  # radius; < 0 erodes, > 0 dilates
     blur: tuple[float, float] = (0.01, 0.05)  # Gaussian sigma, drawn per axis
     blend_ratios: tuple[float, ...] = BLEND_RATIOS
+    # Drawn per image; the default hull alone draws nothing (MASK_SHAPES: the authors' four)
+    mask_shapes: tuple[str, ...] = ("facehull",)
     mask_side: int = 256  # the mask is made at most this size, then resized to the image
 
     def __post_init__(self):
@@ -147,6 +203,8 @@ class SelfBlend:
             raise FakescopeError("SelfBlend.blend_ratios must be non-empty, each in (0, 1]")
         if self.mask_side < 16:
             raise FakescopeError("SelfBlend.mask_side must be at least 16")
+        if not self.mask_shapes or not set(self.mask_shapes) <= set(MASK_SHAPES):
+            raise FakescopeError(f"SelfBlend.mask_shapes must be some of {MASK_SHAPES}")
         if not self.downscale_factors or min(self.downscale_factors) < 1:
             raise FakescopeError("SelfBlend.downscale_factors must be non-empty, each >= 1")
 
@@ -177,7 +235,8 @@ class SelfBlend:
         k = min(1.0, self.mask_side / max(w, h))
         mw, mh = max(1, round(w * k)), max(1, round(h * k))
         fx, fy = mw / w, mh / h
-        hull = hull_mask(pts * (fx, fy), (mw, mh))
+        shape = self.mask_shapes[0] if len(self.mask_shapes) == 1 else rng.choice(self.mask_shapes)
+        hull = shape_mask(pts * (fx, fy), (mw, mh), shape)
         if hull.sum() == 0:
             raise BadInput("the landmarks' hull lies outside the image, no face to blend")
         mm = m.copy()  # the same affine in mask pixels: S m S^-1, S = diag(fx, fy)

@@ -121,11 +121,17 @@ class SelfBlender:
     """Turns a real image into a self-blended fake, with its landmarks from a per-source cache
     (computed once, before training starts: DataLoader workers only read it)."""
 
-    def __init__(self, sources: list[Source], landmarks: str = "auto", progress: bool = True):
+    def __init__(
+        self,
+        sources: list[Source],
+        landmarks: str = "auto",
+        progress: bool = True,
+        masks: str = "hull",
+    ):
         from .landmarks import LandmarkCache, landmark_source
-        from .sbi import SelfBlend
+        from .sbi import MASK_SHAPES, SelfBlend
 
-        self.blend = SelfBlend()
+        self.blend = SelfBlend(mask_shapes=MASK_SHAPES) if masks == "mixed" else SelfBlend()
         try:
             self.source, self.source_name = landmark_source(landmarks), None
             self.source_name = self.source.name
@@ -181,6 +187,12 @@ class Split:
             src if (b or s.label) else None
             for s, b, src in zip(self.samples, self.blend, self.source, strict=True)
         ]
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """(real, pseudo-fake made from it) index pairs, one per pseudo-fake."""
+        both = list(enumerate(zip(self.samples, self.blend, strict=True)))
+        real_at = {id(s): i for i, (s, b) in both if not b}
+        return [(real_at[id(s)], j) for j, (s, b) in both if b]
 
     def counts(self) -> dict:
         out: dict[str, int] = {}

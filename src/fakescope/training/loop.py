@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..data.dataset import ImageDataset, make_loader
-from ..data.order import BalancedOrder, ShuffledOrder
+from ..data.order import BalancedOrder, PairedOrder, ShuffledOrder
 from ..data.shards import is_shards
 from ..data.sources import SBI_SOURCE, load_sources, make_split, write_split_file
 from ..data.transforms import Augment
@@ -321,7 +321,7 @@ def _datasets(cfg: TrainConfig, sources, ranks: Ranks, progress: bool):
     if cfg.sbi:
         from ..data.sources import SelfBlender
 
-        blender = SelfBlender(sources, cfg.landmarks, progress)
+        blender = SelfBlender(sources, cfg.landmarks, progress, cfg.sbi_masks)
     aug = Augment(
         cfg.hflip,
         cfg.jpeg_prob,
@@ -342,11 +342,28 @@ def _datasets(cfg: TrainConfig, sources, ranks: Ranks, progress: bool):
                             **common)  # fmt: skip
     val_ds = ImageDataset(va.roots[mine], va.samples[mine], blend=va.blend[mine],
                           blender=blender, **common)  # fmt: skip
+    if cfg.sbi_pairs:
+        return train_ds, val_ds, va.source[mine], _paired(cfg, tr, ranks), tr, blender
     if len(sources) > 1:
         order = BalancedOrder([str(r) for r in tr.roots], cfg.seed, ranks.rank, ranks.world)
     else:
         order = ShuffledOrder(len(train_ds), ranks.rank, ranks.world)
     return train_ds, val_ds, va.source[mine], order, tr, blender
+
+
+def _paired(cfg: TrainConfig, tr, ranks: Ranks) -> PairedOrder:
+    """--sbi-pairs: the pairs in a shuffled (several sources: balanced) order."""
+    if (cfg.batch_size // ranks.world) % 2:
+        raise FakescopeError(
+            f"--sbi-pairs: {cfg.batch_size // ranks.world} images per process and batch; "
+            "pairs need an even number (--batch-size)"
+        )
+    pairs = tr.pairs()
+    if len({str(r) for r in tr.roots}) > 1:
+        units = BalancedOrder([str(tr.roots[a]) for a, _ in pairs], cfg.seed)
+    else:
+        units = ShuffledOrder(len(pairs))
+    return PairedOrder(units, pairs, ranks.rank, ranks.world)
 
 
 def _streams(cfg: TrainConfig, src, ranks: Ranks, aug, prepare):
