@@ -9,14 +9,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 
 from fakescope.config import TrainConfig
 from fakescope.data.dataset import ImageDataset
 from fakescope.data.images import load_rgb
 from fakescope.data.order import BalancedOrder, PairedOrder
 from fakescope.data.sources import SelfBlender, load_sources, make_split
-from fakescope.data.transforms import Augment
 from fakescope.errors import FakescopeError
 from fakescope.training.loop import train
 
@@ -132,23 +130,6 @@ def test_paired_order_keeps_each_real_beside_its_pseudo_fake(sources):
     assert order(1) == order(1) and order(2) != order(1)
     with pytest.raises(FakescopeError, match="--sbi-pairs"):
         TrainConfig(data=(str(SG),), sbi=0.5, sbi_pairs=True).check()
-
-
-def test_a_pseudo_fake_is_augmented_exactly_as_its_real_twin(sources):
-    tr = make_split(sources, "train", 1.0, True, 0)
-    pairs = tr.pairs()
-    aug = Augment(hflip=True, jpeg_prob=0.5, blur_prob=0.5, resize_prob=0.5, crop_scale=0.6)
-
-    def unchanged(im, path, rng):  # a "blend" that changes nothing: only augmentation differs
-        return im
-
-    common = dict(size=64, augment=aug, blend=tr.blend, blender=unchanged, seed=3)
-    twinned = ImageDataset(tr.roots, tr.samples, twins={f: r for r, f in pairs}, **common)
-    alone = ImageDataset(tr.roots, tr.samples, **common)
-    same = [torch.equal(twinned[r][0], twinned[f][0]) for r, f in pairs]
-    assert all(same) and twinned[pairs[0][1]][1] == 1
-    # without twins each draws its own augmentation: most pairs differ
-    assert sum(torch.equal(alone[r][0], alone[f][0]) for r, f in pairs) < len(pairs) / 2
 
 
 def test_a_paired_run_with_the_authors_mask_shapes(tmp_path, monkeypatch):

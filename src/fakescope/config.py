@@ -129,9 +129,8 @@ class TrainConfig:
     )
     sbi_pairs: bool = opt(
         False,
-        "every real image and its pseudo-fake in the same batch, augmented alike (the SBI "
-        "authors' batches), so the blend is all that tells them apart; needs --real-only "
-        "--sbi 1",
+        "every real image and its pseudo-fake in the same batch (the SBI authors' batches), so "
+        "the blend is all that tells them apart; needs --real-only --sbi 1",
     )
     reals_from: tuple[str, ...] = opt(
         (),

@@ -16,9 +16,7 @@ class ImageDataset(torch.utils.data.Dataset):
     when samples come from several sources. ``prepare`` maps a loaded image to the image the
     model sees (the face stage plugs in here, so training and serving crop alike). Samples
     whose ``blend`` flag is set are turned into pseudo-fakes by ``blender(image, path, rng)``
-    (self-blended images; ``sources.SelfBlender``) and labelled fake. ``twins`` maps such a
-    sample's index to its real partner's: it is then augmented exactly as that partner (the
-    same flip, crop and JPEG quality), so the blend is all that tells the two apart."""
+    (self-blended images; ``sources.SelfBlender``) and labelled fake."""
 
     def __init__(
         self,
@@ -33,7 +31,6 @@ class ImageDataset(torch.utils.data.Dataset):
         fit="resize",
         blend=None,
         blender=None,
-        twins: dict[int, int] | None = None,
     ):
         self.fit = fit
         self.samples, self.size = list(samples), size
@@ -45,7 +42,6 @@ class ImageDataset(torch.utils.data.Dataset):
         self.augment, self.seed, self.prepare = augment, seed, prepare
         self.blend = list(blend) if blend is not None else None
         self.blender = blender
-        self.twins = twins or {}
         self.mean, self.std = mean, std
         self.epoch = 0
 
@@ -78,8 +74,6 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.prepare is not None:
             im = self.prepare(im, path)
         if self.augment is not None:
-            if i in self.twins:  # the partner's own draws, from the start of its stream
-                rng = random.Random(hash((self.seed, self.epoch, self.twins[i])))
             im = self.augment(im, rng)
         return to_tensor(im, self.size, self.mean, self.std, self.fit), self.label_of(i), i
 

@@ -338,9 +338,8 @@ def _datasets(cfg: TrainConfig, sources, ranks: Ranks, progress: bool):
     va = make_split(sources, "val", cfg.sbi if cfg.real_only else 0, cfg.real_only, cfg.seed + 1)
     mine = slice(ranks.rank, None, ranks.world)  # each process scores its share, then pooled
     common = dict(size=cfg.input_size, seed=cfg.seed, prepare=prepare, fit=cfg.fit)
-    twins = {fake: real for real, fake in tr.pairs()} if cfg.sbi_pairs else None
     train_ds = ImageDataset(tr.roots, tr.samples, augment=aug, blend=tr.blend, blender=blender,
-                            twins=twins, **common)  # fmt: skip
+                            **common)  # fmt: skip
     val_ds = ImageDataset(va.roots[mine], va.samples[mine], blend=va.blend[mine],
                           blender=blender, **common)  # fmt: skip
     if cfg.sbi_pairs:
