@@ -139,6 +139,9 @@ def test_a_paired_run_with_the_authors_mask_shapes(tmp_path, monkeypatch):
     assert meta["sbi"]["mask_shapes"] == ["facehull", "dfl_full", "components", "extended"]
     assert meta["train"]["sbi_pairs"] is True
     assert len(list(csv.DictReader(open(run / "log.csv")))) == 1
+    with pytest.raises(FakescopeError, match="pairs need an even number"):
+        train_tiny(tmp_path / "odd", monkeypatch, sbi=1.0, real_only=True, sbi_pairs=True,
+                   batch_size=5)  # fmt: skip
 
 
 def test_source_checks_name_what_is_missing(tmp_path):

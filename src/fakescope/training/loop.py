@@ -343,26 +343,29 @@ def _datasets(cfg: TrainConfig, sources, ranks: Ranks, progress: bool):
     val_ds = ImageDataset(va.roots[mine], va.samples[mine], blend=va.blend[mine],
                           blender=blender, **common)  # fmt: skip
     if cfg.sbi_pairs:
-        return train_ds, val_ds, va.source[mine], _paired(cfg, tr, ranks), tr, blender
-    if len(sources) > 1:
-        order = BalancedOrder([str(r) for r in tr.roots], cfg.seed, ranks.rank, ranks.world)
+        order = _paired(cfg, tr, ranks)
     else:
-        order = ShuffledOrder(len(train_ds), ranks.rank, ranks.world)
+        order = _shuffled([str(r) for r in tr.roots], cfg.seed, ranks.rank, ranks.world)
     return train_ds, val_ds, va.source[mine], order, tr, blender
 
 
+def _shuffled(sources: list[str], seed: int, rank: int = 0, world: int = 1):
+    """The order of items from ``sources`` (one name per item): balanced when there are
+    several sources, else a plain shuffle."""
+    if len(set(sources)) > 1:
+        return BalancedOrder(sources, seed, rank, world)
+    return ShuffledOrder(len(sources), rank, world)
+
+
 def _paired(cfg: TrainConfig, tr, ranks: Ranks) -> PairedOrder:
-    """--sbi-pairs: the pairs in a shuffled (several sources: balanced) order."""
+    """--sbi-pairs: the pairs, ordered as single images are, each kept whole."""
     if (cfg.batch_size // ranks.world) % 2:
         raise FakescopeError(
             f"--sbi-pairs: {cfg.batch_size // ranks.world} images per process and batch; "
             "pairs need an even number (--batch-size)"
         )
     pairs = tr.pairs()
-    if len({str(r) for r in tr.roots}) > 1:
-        units = BalancedOrder([str(tr.roots[a]) for a, _ in pairs], cfg.seed)
-    else:
-        units = ShuffledOrder(len(pairs))
+    units = _shuffled([str(tr.roots[a]) for a, _ in pairs], cfg.seed)
     return PairedOrder(units, pairs, ranks.rank, ranks.world)
 
 
