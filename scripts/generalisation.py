@@ -29,6 +29,9 @@ JPEG = dict(jpeg_prob=0.5, jpeg_quality=(60, 100))
 # issue 10 item 7's stronger forensic augmentation (the general recipe's)
 AUG = dict(jpeg_prob=0.5, jpeg_quality=(30, 100), blur_prob=0.3, resize_prob=0.3)
 SG, LFW = "sg-ffhq", "lfw-faceswap"
+# must-show 2 (session 11): the SBI authors' own batches and masks, which fakescope's SBI had
+# left out: each real beside its pseudo-fake in a batch, four mask shapes (data/sbi.py)
+AUTHORS = dict(data=(SG, LFW), sbi=1.0, real_only=True, sbi_pairs=True, sbi_masks="mixed", **JPEG)
 RECIPES = {
     "sg": dict(data=(SG,)),  # the demo recipe
     "lfw": dict(data=(LFW,), **JPEG),
@@ -54,23 +57,13 @@ RECIPES = {
     # epochs; here 10 of a 12-epoch cosine instead of 4 of 5
     "sbi_only_e10": dict(data=(SG, LFW), sbi=1.0, real_only=True, epochs=10, lr_epochs=12, **JPEG),
     "sbi_only_aug": dict(data=(SG, LFW), sbi=1.0, real_only=True, **AUG),
-    # must-show 2 (session 11): the SBI authors' own batches and masks, which fakescope's SBI
-    # had left out: each real beside its pseudo-fake in a batch, four mask shapes (data/sbi.py)
-    "sbi_only_authors": dict(
-        data=(SG, LFW), sbi=1.0, real_only=True, sbi_pairs=True, sbi_masks="mixed", **JPEG
-    ),
+    "sbi_only_authors": AUTHORS,
     # ... and on face crops, as the authors train and test (MTCNN box x 1.3; sg-ffhq's aligned
     # faces are nearly that already, lfw-faceswap's fill a third of the frame)
-    "sbi_only_authors_faces": dict(
-        data=(SG, LFW),
-        sbi=1.0,
-        real_only=True,
-        sbi_pairs=True,
-        sbi_masks="mixed",
-        faces="always",
-        face_margin=1.3,
-        **JPEG,
-    ),
+    "sbi_only_authors_faces": dict(AUTHORS, faces="always", face_margin=1.3),
+    # ... and with the authors' optimiser, sharpness-aware minimisation (radius 0.05, theirs)
+    "sbi_only_authors_sam": dict(AUTHORS, sam=0.05),
+    # which of the two parts counts: pairs alone, masks alone
     "sbi_only_pairs": dict(data=(SG, LFW), sbi=1.0, real_only=True, sbi_pairs=True, **JPEG),
     "sbi_only_masks": dict(data=(SG, LFW), sbi=1.0, real_only=True, sbi_masks="mixed", **JPEG),
     # must-show 3 (session 9): one network per kind of fake instead of one for all. This is the

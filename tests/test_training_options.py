@@ -11,10 +11,12 @@ from safetensors.torch import load_file
 
 from fakescope.config import TrainConfig
 from fakescope.data.transforms import to_tensor
+from fakescope.errors import FakescopeError
 from fakescope.evaluation.evaluator import evaluate
 from fakescope.runs import load_run
 from fakescope.scoring.predictor import Predictor
 from fakescope.training.loop import train
+from fakescope.training.sam import SharpnessAware
 
 from .conftest import SG, sg_images
 
@@ -68,8 +70,6 @@ def test_tta_is_stored_and_used_by_predict_and_evaluate(tta_run, tmp_path):
 
 
 def test_bad_option_values_are_clear_errors(tmp_path):
-    from fakescope.errors import FakescopeError
-
     with pytest.raises(FakescopeError, match="label-smoothing"):
         tiny_run(tmp_path / "a", label_smoothing=1.5)
     with pytest.raises(FakescopeError, match="--ema"):
@@ -227,3 +227,43 @@ def test_torchrun_trains_as_procs_does(tmp_path):
         m2 = load_run(out).meta
         assert m2.threshold == pytest.approx(m1.threshold, abs=tol)
         assert "2 processes" in m2.extra["runtime"]
+
+
+def test_sam_ascends_by_rho_along_the_gradient_and_comes_back():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    x, y = torch.randn(16, 6), torch.rand(16, 1)
+    start = [p.detach().clone() for p in net.parameters()]
+
+    def loss():
+        return torch.nn.functional.mse_loss(net(x), y)
+
+    before = loss()
+    before.backward()
+    sam = SharpnessAware(net.parameters(), rho=0.01)
+    sam.ascend()
+    moved = torch.cat([(p - s).flatten() for p, s in zip(net.parameters(), start, strict=True)])
+    assert moved.norm().item() == pytest.approx(0.01, rel=1e-4)
+    with torch.no_grad():
+        assert loss() > before  # uphill: the worst weights nearby, not a step down
+    sam.descend()
+    for p, s in zip(net.parameters(), start, strict=True):
+        torch.testing.assert_close(p.detach(), s, rtol=0, atol=1e-7)
+
+
+def test_sam_second_pass_leaves_batchnorm_statistics_alone(tmp_path):
+    """One training batch with and without --sam: the first pass is the same in both, and the
+    perturbed second pass must not count in BatchNorm's running statistics, so those agree
+    exactly; the weights do not (the gradient came from elsewhere)."""
+    plain = load_file(str(tiny_run(tmp_path / "plain", max_train_batches=1) / "model.safetensors"))
+    run = tiny_run(tmp_path / "sam", max_train_batches=1, sam=0.05)
+    sam = load_file(str(run / "model.safetensors"))
+    stats = [k for k in plain if k.endswith("running_mean") or k.endswith("running_var")]
+    assert stats
+    for k in stats:
+        torch.testing.assert_close(sam[k], plain[k], rtol=0, atol=0)
+    key = "features.18.0.weight"
+    assert not torch.equal(sam[key], plain[key])
+    assert load_run(run).meta.to_json()["train"]["sam"] == 0.05
+    with pytest.raises(FakescopeError, match="--sam"):
+        TrainConfig(sam=-0.1).check()

@@ -96,6 +96,12 @@ class TrainConfig:
         "test-time augmentation stored in the run: every score (validation, evaluate, "
         "predict) averages the image and its mirror image; twice the inference cost",
     )
+    sam: float = opt(
+        0.0,
+        "sharpness-aware minimisation (as the SBI authors train): each step's gradient is "
+        "taken at the worst weights within this distance (e.g. 0.05); twice the cost per step. "
+        "0 = off",
+    )
     label_smoothing: float = opt(
         0.0,
         "train on targets eps/2 and 1-eps/2 instead of 0 and 1 (e.g. 0.1); validation loss "
@@ -247,6 +253,8 @@ class TrainConfig:
                                  "use it with --real-only --sbi 1")  # fmt: skip
         if self.time_budget < 0 or (self.time_budget and self.steps != 1):
             raise FakescopeError("--time-budget sizes one training step: use it with --steps 1")
+        if self.sam < 0:
+            raise FakescopeError("--sam must be 0 (off) or a radius, e.g. 0.05")
         if self.ema and not 0 < self.ema < 1:
             raise FakescopeError("--ema must be between 0 and 1 (e.g. 0.99), or 0 for off")
 

@@ -45,6 +45,7 @@ from ..runs import (
 from ..scoring.scorer import Scorer, TorchBackend
 from .distributed import Ranks, spawn
 from .finish import finish_run
+from .sam import SharpnessAware, batchnorm_stats_kept
 from .state import EarlyStopping, LogSink, TimeBudget, TrainState
 
 log = logging.getLogger(__name__)
@@ -264,6 +265,17 @@ class Epoch:
     probe: object | None = None
     # per training image, the per-source head its fake teaches (source_heads); None: one head
     head_of: torch.Tensor | None = None
+    # sharpness-aware minimisation (--sam): a second pass per step at perturbed weights
+    sam: SharpnessAware | None = None
+
+    def _loss(self, x, y, head) -> torch.Tensor:
+        with self.runtime.autocast():
+            logit = self.net(x).float()
+        if head is None:
+            return F.binary_cross_entropy_with_logits(
+                logit.squeeze(1), y * (1 - self.smooth) + self.smooth / 2
+            )
+        return source_head_loss(logit, head, self.smooth)
 
     def run(self, loader, desc: str, progress: bool, start: int = 0, carried=(0.0, 0),
             after_step=None) -> tuple[float, int]:  # fmt: skip
@@ -272,7 +284,6 @@ class Epoch:
         seen)`` is called after each optimiser step, ``b`` batches into the epoch. Returns
         (summed BCE loss, images seen)."""
         self.net.train()
-        bce = nn.BCEWithLogitsLoss()
         t0, (loss_sum, seen), fresh = time.time(), carried, 0
         bar = tqdm(total=self.n_batches, initial=start, desc=desc, disable=not progress,
                    unit="batch")  # fmt: skip
@@ -280,15 +291,16 @@ class Epoch:
             if b >= self.n_batches:
                 break
             x, y = self.runtime.batch(x), y.float().to(self.runtime.device)
-            with self.runtime.autocast():
-                logit = self.net(x).float()
-            if self.head_of is None:
-                loss = bce(logit.squeeze(1), y * (1 - self.smooth) + self.smooth / 2)
-            else:
-                head = self.head_of[idx].to(self.runtime.device)
-                loss = source_head_loss(logit, head, self.smooth)
+            head = None if self.head_of is None else self.head_of[idx].to(self.runtime.device)
+            loss = self._loss(x, y, head)
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            if self.sam is not None:  # the gradient at the worst nearby weights, applied here
+                self.sam.ascend()
+                self.opt.zero_grad(set_to_none=True)
+                with batchnorm_stats_kept(self.net):
+                    self.scaler.scale(self._loss(x, y, head)).backward()
+                self.sam.descend()
             self.scaler.step(self.opt)
             self.scaler.update()
             if self.ema is not None:
@@ -456,6 +468,7 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
             ranks.world,
             n_batches,
             head_of=head_of,
+            sam=SharpnessAware(params, cfg.sam) if cfg.sam else None,
         )
         best_state, best_val = None, None  # the best epoch's weights and validation scores
 
