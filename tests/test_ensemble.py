@@ -80,6 +80,29 @@ def test_ensemble_logit_is_the_highest_centred_member_logit(experts, ensemble):
     assert not np.allclose(got, member[0], atol=1e-3)
 
 
+def test_mean_fusion_averages_the_centred_member_logits(experts, ensemble, tmp_path):
+    """`fakescope ensemble --fusion mean` (one recipe's seeds): the mean vote, stored in the run
+    (head "mean") so that loading it again scores alike."""
+    from fakescope.data.images import load_rgb
+
+    out = tmp_path / "mean"
+    argv = ["ensemble", *(str(r.path) for r in experts), "--out", str(out), "--no-eval"]
+    assert cli_main([*argv, "--fusion", "mean"]) == 0
+    mean = load_run(out)
+    assert mean.spec.head == "mean" and ensemble.spec.head == "max"
+    pil = [load_rgb(p) for p in sg_images("fake", n=3) + sg_images("real", n=3)]
+    got = Scorer.of_run(mean, runtime="torch").score_images(pil)
+    member = np.stack([Scorer.of_run(r, runtime="torch").score_images(pil) for r in experts])
+    centred = (
+        np.log(member / (1 - member))
+        - np.array([math.log(r.threshold / (1 - r.threshold)) for r in experts])[:, None]
+    )
+    assert np.allclose(got, 1 / (1 + np.exp(-centred.mean(axis=0))), atol=1e-4)
+    assert not np.allclose(
+        got, Scorer.of_run(ensemble, runtime="torch").score_images(pil), atol=1e-3
+    )
+
+
 def test_ensemble_run_is_a_run(experts, ensemble, tmp_path):
     again = load_run(ensemble.path)
     assert again.spec == ensemble.spec and again.spec.backbone == "ensemble"

@@ -30,6 +30,7 @@ from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import FakescopeError
 from .faults import crash_point
 from .model.detector import Detector, is_supported
+from .model.ensemble import FUSIONS
 
 META = "fakescope.json"
 WEIGHTS = "model.safetensors"
@@ -82,7 +83,8 @@ class ModelSpec:
     tta: bool = False  # average each image's logit with its mirror image's
     precision: str = "auto"  # "auto" (autocast where fast) or "fp32"
     heads: tuple[str, ...] = ()  # per-source output units (model/detector.py); () = one unit
-    # an ensemble (model/ensemble.py; backbone "ensemble", head "max"): each member's network
+    # an ensemble (model/ensemble.py; backbone "ensemble", head: the fusion, "max" or "mean"):
+    # each member's network
     # (backbone, head, heads; the input fields above are shared) and the logit of its threshold
     members: tuple[ModelSpec, ...] = ()
     offsets: tuple[float, ...] = ()
@@ -104,7 +106,7 @@ class ModelSpec:
         if self.members:
             from .model.ensemble import Ensemble
 
-            return Ensemble([m.detector() for m in self.members], list(self.offsets))
+            return Ensemble([m.detector() for m in self.members], list(self.offsets), self.head)
         return Detector(self.backbone, self.head, self.input_size, "none", self.heads)
 
 
@@ -304,8 +306,10 @@ def _member_json(m: ModelSpec) -> dict:
 def _ensemble_spec(m: dict, train: dict, where: str) -> ModelSpec:
     """An ensemble's model section: the shared input fields as for one network, then each
     member checked like one (backbone, head, heads) and one finite offset per member."""
-    if m.get("backbone") != "ensemble" or m.get("head") != "max":
-        raise FakescopeError(f"{where}: model: members need backbone 'ensemble' and head 'max'")
+    if m.get("backbone") != "ensemble" or m.get("head") not in FUSIONS:
+        raise FakescopeError(
+            f"{where}: model: members need backbone 'ensemble' and head 'max' or 'mean'"
+        )
     members, offsets = m["members"], m.get("offsets")
     if not (isinstance(members, list) and 2 <= len(members) <= 16):
         raise FakescopeError(f"{where}: model.members: {members!r:.60} is not 2-16 networks")
@@ -325,7 +329,7 @@ def _ensemble_spec(m: dict, train: dict, where: str) -> ModelSpec:
             raise FakescopeError(f"{where}: model.members[{i}]: not a network description")
         specs.append(_spec({**shared, **mem}, train, f"{where}: model.members[{i}]"))
     first = specs[0]
-    return ModelSpec("ensemble", "max", first.input_size, first.fit, first.mean, first.std,
+    return ModelSpec("ensemble", m["head"], first.input_size, first.fit, first.mean, first.std,
                      first.tta, first.precision, (), tuple(specs),
                      tuple(float(o) for o in offsets))  # fmt: skip
 

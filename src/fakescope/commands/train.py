@@ -203,8 +203,9 @@ def _add_ensemble(sub):
         "ensemble",
         help="combine trained runs into one run (experts on different kinds of fake)",
         description="Write a run whose network is the ensemble of RUNs: each member's logit is "
-        "centred on its own stored threshold and the highest counts, so the ensemble says fake "
-        "when some member would. Its threshold is calibrated on the validation splits of every "
+        "centred on its own stored threshold and the highest counts (--fusion max), so the "
+        "ensemble says fake when some member would; or the mean counts (--fusion mean, for "
+        "one recipe's seeds). Its threshold is calibrated on the validation splits of every "
         "member's data (Youden's J), and the test splits are scored as after training. The "
         "result is used like any run (evaluate, predict, serve, matrix, export). Members must "
         "share input size, fit, normalisation, TTA and face stage.",
@@ -215,13 +216,20 @@ def _add_ensemble(sub):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+    p.add_argument(
+        "--fusion",
+        choices=("max", "mean"),
+        default="max",
+        help="max: the highest centred vote (experts on different kinds of fake); mean: the "
+        "mean vote (one recipe trained with several seeds)",
+    )
     p.set_defaults(func=cmd_ensemble)
 
 
 def cmd_ensemble(a) -> int:
     from ..training.ensemble import combine_runs
 
-    run = combine_runs(a.runs, a.out, a.batch_size, a.device)
+    run = combine_runs(a.runs, a.out, a.batch_size, a.device, fusion=a.fusion)
     print(f"ensemble of {len(a.runs)} runs: {a.out} (threshold {run.threshold:.4f} on val)")
     if a.no_eval:
         return 0

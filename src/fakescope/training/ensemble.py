@@ -17,6 +17,7 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..errors import FakescopeError
 from ..evaluation import metrics as M
+from ..model.ensemble import FUSIONS
 from ..runs import (
     FORMAT,
     WEIGHTS,
@@ -91,9 +92,12 @@ def _validation_samples(runs: list[Run]):
     return roots, samples, sources
 
 
-def combine_runs(runs, out, batch_size: int = 32, device: str = "auto", progress: bool = True):
+def combine_runs(
+    runs, out, batch_size: int = 32, device: str = "auto", progress: bool = True, fusion="max"
+):
     """Write the ensemble of ``runs`` (run folders or loaded runs) to ``out``; returns its
-    loaded ``Run``."""
+    loaded ``Run``. ``fusion``: "max" (experts on different fakes) or "mean" (one recipe's
+    seeds); model/ensemble.py says why."""
     from ..data.dataset import make_loader
     from ..evaluation.evaluator import face_prepare, scoring_dataset
     from ..model.runtime import select_runtime
@@ -101,13 +105,15 @@ def combine_runs(runs, out, batch_size: int = 32, device: str = "auto", progress
 
     runs = [r if isinstance(r, Run) else load_run(r) for r in runs]
     _check_members(runs)
+    if fusion not in FUSIONS:
+        raise FakescopeError(f"--fusion must be one of {', '.join(FUSIONS)}")
     out = Path(out)
     if (out / WEIGHTS).exists():
         raise FakescopeError(f"{out}: already holds a run; choose another --out")
     first = runs[0].spec
     offsets = tuple(_logit(r.threshold) for r in runs)
     spec = ModelSpec(
-        "ensemble", "max", first.input_size, first.fit, first.mean, first.std, first.tta,
+        "ensemble", fusion, first.input_size, first.fit, first.mean, first.std, first.tta,
         first.precision, (), tuple(r.spec for r in runs), offsets,
     )  # fmt: skip
     model = spec.detector()
@@ -143,11 +149,12 @@ def combine_runs(runs, out, batch_size: int = 32, device: str = "auto", progress
         FORMAT,
         {
             "model": {
-                "output": "one logit: the highest member logit minus that member's offset "
-                "(the logit of its own threshold); sigmoid gives P(fake)"
+                "output": f"one logit: the {'highest' if fusion == 'max' else 'mean'} member "
+                "logit minus that member's offset (the logit of its own threshold); sigmoid "
+                "gives P(fake)"
             },
             "ensemble": {
-                "fusion": "max of threshold-centred logits",
+                "fusion": f"{fusion} of threshold-centred logits",
                 "members": [
                     {
                         "run": str(r.path.resolve()),
