@@ -63,6 +63,10 @@ RECIPES = {
     "sbi_only_authors_faces": dict(AUTHORS, faces="always", face_margin=1.3),
     # ... and with the authors' optimiser, sharpness-aware minimisation (radius 0.05, theirs)
     "sbi_only_authors_sam": dict(AUTHORS, sam=0.05),
+    # ... stopped earlier on the same schedule (the first 2 or 3 of the 4 epochs; session 7
+    # found the fake-free run transferring less as it learns the pseudo-fakes better)
+    "sbi_only_authors_e2": dict(AUTHORS, epochs=2),
+    "sbi_only_authors_e3": dict(AUTHORS, epochs=3),
     # which of the two parts counts: pairs alone, masks alone
     "sbi_only_pairs": dict(data=(SG, LFW), sbi=1.0, real_only=True, sbi_pairs=True, **JPEG),
     "sbi_only_masks": dict(data=(SG, LFW), sbi=1.0, real_only=True, sbi_masks="mixed", **JPEG),
