@@ -84,8 +84,8 @@ class ModelSpec:
     precision: str = "auto"  # "auto" (autocast where fast) or "fp32"
     heads: tuple[str, ...] = ()  # per-source output units (model/detector.py); () = one unit
     # an ensemble (model/ensemble.py; backbone "ensemble", head: the fusion, "max" or "mean"):
-    # each member's network
-    # (backbone, head, heads; the input fields above are shared) and the logit of its threshold
+    # each member's network (backbone, head, heads; the input fields above are shared) and the
+    # logit of its threshold
     members: tuple[ModelSpec, ...] = ()
     offsets: tuple[float, ...] = ()
 

@@ -201,7 +201,7 @@ def _add_evaluate(sub):
 def _add_ensemble(sub):
     p = sub.add_parser(
         "ensemble",
-        help="combine trained runs into one run (experts on different kinds of fake)",
+        help="combine trained runs into one run (experts on different kinds of fake, or seeds)",
         description="Write a run whose network is the ensemble of RUNs: each member's logit is "
         "centred on its own stored threshold and the highest counts (--fusion max), so the "
         "ensemble says fake when some member would; or the mean counts (--fusion mean, for "
