@@ -240,7 +240,7 @@ def test_sam_ascends_by_rho_along_the_gradient_and_comes_back():
 
     before = loss()
     before.backward()
-    sam = SharpnessAware(net.parameters(), rho=0.01)
+    sam = SharpnessAware(net, rho=0.01)
     sam.ascend()
     moved = torch.cat([(p - s).flatten() for p, s in zip(net.parameters(), start, strict=True)])
     assert moved.norm().item() == pytest.approx(0.01, rel=1e-4)

@@ -14,6 +14,9 @@ from .errors import FakescopeError
 
 # crop side / face box side where nothing better is known (training measures its own framing)
 DEFAULT_FACE_MARGIN = 1.3
+# how `fakescope ensemble` joins its members' votes (model/ensemble.py); here, not there, so the
+# command line knows them without importing torch
+FUSIONS = ("max", "mean")
 
 
 def opt(default, help: str, **cli):

@@ -25,12 +25,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import DEFAULT_FACE_MARGIN, TrainConfig, choices
+from .config import DEFAULT_FACE_MARGIN, FUSIONS, TrainConfig, choices
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import FakescopeError
 from .faults import crash_point
 from .model.detector import Detector, is_supported
-from .model.ensemble import FUSIONS
 
 META = "fakescope.json"
 WEIGHTS = "model.safetensors"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import TrainConfig
+from ..config import FUSIONS, TrainConfig
 from . import add_runtime_option
 
 DEFAULT_DATA = TrainConfig().data[0]
@@ -218,7 +218,7 @@ def _add_ensemble(sub):
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
     p.add_argument(
         "--fusion",
-        choices=("max", "mean"),
+        choices=FUSIONS,
         default="max",
         help="max: the highest centred vote (experts on different kinds of fake); mean: the "
         "mean vote (one recipe trained with several seeds)",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-FUSIONS = ("max", "mean")
+from ..config import FUSIONS
 
 
 class Ensemble(nn.Module):

@@ -14,10 +14,9 @@ import math
 import time
 from pathlib import Path
 
-from ..config import TrainConfig
+from ..config import FUSIONS, TrainConfig
 from ..errors import FakescopeError
 from ..evaluation import metrics as M
-from ..model.ensemble import FUSIONS
 from ..runs import (
     FORMAT,
     WEIGHTS,

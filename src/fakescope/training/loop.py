@@ -45,7 +45,7 @@ from ..runs import (
 from ..scoring.scorer import Scorer, TorchBackend
 from .distributed import Ranks, spawn
 from .finish import finish_run
-from .sam import SharpnessAware, batchnorm_stats_kept
+from .sam import SharpnessAware
 from .state import EarlyStopping, LogSink, TimeBudget, TrainState
 
 log = logging.getLogger(__name__)
@@ -298,7 +298,7 @@ class Epoch:
             if self.sam is not None:  # the gradient at the worst nearby weights, applied here
                 self.sam.ascend()
                 self.opt.zero_grad(set_to_none=True)
-                with batchnorm_stats_kept(self.net):
+                with self.sam.batchnorm_stats_kept():
                     self.scaler.scale(self._loss(x, y, head)).backward()
                 self.sam.descend()
             self.scaler.step(self.opt)
@@ -468,7 +468,7 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
             ranks.world,
             n_batches,
             head_of=head_of,
-            sam=SharpnessAware(params, cfg.sam) if cfg.sam else None,
+            sam=SharpnessAware(model, cfg.sam) if cfg.sam else None,
         )
         best_state, best_val = None, None  # the best epoch's weights and validation scores
 

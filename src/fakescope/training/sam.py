@@ -23,9 +23,12 @@ from torch import nn
 
 
 class SharpnessAware:
-    def __init__(self, params, rho: float):
-        self.params = [p for p in params if p.requires_grad]
+    """SAM for ``model``'s trainable weights; its BatchNorm layers are found once, here."""
+
+    def __init__(self, model: nn.Module, rho: float):
+        self.params = [p for p in model.parameters() if p.requires_grad]
         self.rho = rho
+        self._norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self._moved: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @torch.no_grad()
@@ -50,17 +53,15 @@ class SharpnessAware:
             p.sub_(e)
         self._moved = []
 
-
-@contextlib.contextmanager
-def batchnorm_stats_kept(net: nn.Module):
-    """The second (perturbed) forward pass sees the same batch again: it must not count twice
-    in BatchNorm's running statistics. Momentum 0 leaves them as they are."""
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, mom in zip(norms, saved, strict=True):
-            m.momentum = mom
+    @contextlib.contextmanager
+    def batchnorm_stats_kept(self):
+        """The second (perturbed) forward pass sees the same batch again: it must not count
+        twice in BatchNorm's running statistics. Momentum 0 leaves them as they are."""
+        saved = [m.momentum for m in self._norms]
+        for m in self._norms:
+            m.momentum = 0.0
+        try:
+            yield
+        finally:
+            for m, mom in zip(self._norms, saved, strict=True):
+                m.momentum = mom
