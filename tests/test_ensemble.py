@@ -167,3 +167,43 @@ def test_ensemble_exports_like_a_run(ensemble):
     c = art.info["check"]
     assert c["passed"] and c["max_abs_score_difference"] < 1e-3
     assert torch.is_tensor(ensemble.model.offsets)
+
+
+def test_seed_ensemble_script_matches_the_mean_fusion_and_soups_weights(experts, tmp_path):
+    """scripts/seed_ensemble.py: the mean vote's AUC from the members' saved scores is the
+    AUC of the `--fusion mean` run, and --soup writes the members' weight average as a run."""
+    import shutil
+    import sys
+
+    from sklearn.metrics import roc_auc_score
+
+    from fakescope.evaluation.crossset import cross_matrix
+
+    from .conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import seed_ensemble
+
+    runs = []
+    for r in experts:  # copies: the scores are written into the run folder
+        runs.append(tmp_path / r.path.name)
+        shutil.copytree(r.path, runs[-1])
+        cross_matrix([runs[-1]], [SG], out=runs[-1] / "matrix-test", progress=False, limit=6)
+    mean = combine_runs([load_run(r) for r in runs], tmp_path / "mean", progress=False,
+                        fusion="mean")  # fmt: skip
+    fused = cross_matrix([mean.path], [SG], out=tmp_path / "m", progress=False, limit=6)
+    scores = [seed_ensemble.read_scores(r, "test") for r in runs]
+    assert seed_ensemble.mean_vote_auc(scores, "sg-ffhq") == pytest.approx(
+        fused["cells"][0]["auc"], abs=1e-6
+    )
+    one = seed_ensemble.mean_vote_auc(scores[:1], "sg-ffhq")
+    y, s = zip(*scores[0]["sg-ffhq"].values(), strict=True)
+    assert one == pytest.approx(roc_auc_score(y, s))
+
+    seed_ensemble.soup(runs, tmp_path / "soup", SG.parent, limit=3)
+    got = load_run(tmp_path / "soup").model.state_dict()
+    parts = [r.model.state_dict() for r in experts]
+    key = next(k for k, v in got.items() if v.is_floating_point() and v.ndim == 4)
+    assert torch.allclose(got[key], (parts[0][key] + parts[1][key]) / 2, atol=1e-6)
+    assert not torch.allclose(got[key], parts[0][key])
+    assert (tmp_path / "soup" / "matrix-test" / "matrix.json").exists()
