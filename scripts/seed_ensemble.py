@@ -27,7 +27,11 @@ from sklearn.metrics import roc_auc_score
 def read_scores(run: Path, split: str) -> dict[str, dict[str, tuple[int, float]]]:
     """data set -> image path -> (label, logit) for one run and split."""
     out: dict[str, dict[str, tuple[int, float]]] = {}
-    with open(run / f"matrix-{split}" / "scores.csv", newline="") as f:
+    path = run / f"matrix-{split}" / "scores.csv"
+    if not path.exists():
+        raise SystemExit(f"{run}: no {path.relative_to(run)} (a run not yet scored by "
+                         "scripts/generalisation.py, or not a run folder)")  # fmt: skip
+    with open(path, newline="") as f:
         for row in csv.DictReader(f):
             p = min(max(float(row["score"]), 1e-7), 1 - 1e-7)
             out.setdefault(row["data"], {})[row["path"]] = (
