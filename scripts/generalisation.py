@@ -122,12 +122,16 @@ def run_one(recipe: str, seed: int, args) -> list[dict]:
     return [{**head, **r} for r in score_rows(out, sets, args.limit)]
 
 
-def main(argv=None) -> int:
-    p = sweep_parser(__doc__, RECIPES, "0", "runs/generalisation")
+def parser(doc: str = __doc__):
+    p = sweep_parser(doc, RECIPES, "0", "runs/generalisation")
     p.add_argument("--data-dir", default="../shared/data")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run")
     p.add_argument("--landmarks", default="auto", help="auto, dlib68 or mtcnn5")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     csv_path = Path(args.out) / "cells.csv"
 
