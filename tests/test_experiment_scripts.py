@@ -1,0 +1,54 @@
+"""Helpers of the experiment scripts under scripts/ that the suite does not run whole."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import torch
+
+from fakescope.runs import load_resume, save_resume
+
+from .conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def test_transfer_curve_keeps_every_epoch_end_commit_and_no_other(tmp_path):
+    """scripts/transfer_curve.py's watcher copies each epoch's committed weights before the
+    next commit removes them, skips commits inside an epoch, and the copy loads as it was."""
+    import transfer_curve
+
+    resume, keep = tmp_path / "resume", tmp_path / "keep"
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.Adam(model.parameters())
+    done = threading.Event()
+    watcher = threading.Thread(target=transfer_curve.watch, args=(resume, keep, done))
+    watcher.start()
+    saved = {}
+    try:
+        # a checkpoint inside epoch 2 (one epoch done) whose epoch-1 commit went uncaught
+        save_resume(resume, model, opt, {"step": 0, "epoch": 1, "global": 1, "batch": 5})
+        time.sleep(1.2)
+        assert not keep.exists() or not list(keep.iterdir())
+        for epoch in (1, 2, 3):
+            with torch.no_grad():
+                model.weight.fill_(float(epoch))
+            # a checkpoint inside the epoch, then the epoch's end
+            state = {"step": 0, "epoch": epoch - 1, "global": epoch - 1, "batch": 5}
+            save_resume(resume, model, opt, state)
+            time.sleep(1.2)
+            save_resume(resume, model, opt, {**state, "epoch": epoch, "global": epoch, "batch": 0})
+            saved[epoch] = model.weight.clone()
+            time.sleep(1.2)
+    finally:
+        done.set()
+        watcher.join()
+    assert sorted(p.name for p in keep.iterdir()) == ["epoch-1", "epoch-2", "epoch-3"]
+    for epoch, weight in saved.items():
+        probe = torch.nn.Linear(3, 1)
+        load_resume(keep / f"epoch-{epoch}", probe)
+        assert torch.equal(probe.weight, weight)
+    # only the last commit is left in the run's own folder
+    assert len(list(resume.glob("state-*.safetensors"))) == 1
