@@ -62,6 +62,10 @@ def epoch_run(run: Path, epoch_dir: Path, out: Path) -> Path:
 
 def main(argv=None) -> int:
     args = parser(__doc__).parse_args(argv)
+    averaged = [r for r in args.recipes if RECIPES[r].get("ema")]
+    if averaged:  # the resume folder holds the raw weights, not the average the run keeps
+        raise SystemExit(f"transfer_curve.py: {', '.join(averaged)} keeps averaged weights "
+                         "(--ema) that no epoch commit holds; not supported")  # fmt: skip
     sets = [Path(args.data_dir) / d for d in (SG, LFW)]
     for recipe in args.recipes:
         for seed in parse_seeds(args.seeds):
