@@ -103,6 +103,22 @@ SCORE_FIELDS = ["split", "data", "auc", "ap", "f1", "precision", "recall", "thre
                 "in_domain"]  # fmt: skip
 
 
+def run_with_weights(like: Path, state: dict, out: Path) -> Path:
+    """A run folder at ``out``: the run ``like``'s description and split with other weights
+    (``state``, a state dict of the same network), scored as any run is."""
+    import shutil
+
+    from fakescope.runs import WEIGHTS, load_run, read_meta, save_weights, write_meta
+
+    model = load_run(like).model
+    model.load_state_dict(state)
+    out.mkdir(parents=True, exist_ok=True)
+    save_weights(model, out / WEIGHTS)
+    write_meta(out, read_meta(like))
+    shutil.copy(like / "split.csv", out / "split.csv")
+    return out
+
+
 def score_rows(run: Path, sets: list[Path], limit: int = 0) -> list[dict]:
     """``run`` scored on the val and test splits of every data set in ``sets`` (its stored
     threshold for F1, precision and recall): one row of SCORE_FIELDS per split and set."""

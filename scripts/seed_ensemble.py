@@ -53,21 +53,15 @@ def soup(runs: list[Path], out: Path, data_dir: Path, limit: int = 0) -> None:
     """Average the runs' weights (BatchNorm statistics too) into a run folder at ``out`` that
     keeps the first run's description and split, and print its AUCs (``limit`` images per
     class and set: quick checks)."""
-    import shutil
-
     import torch
-    from recipe_sweep import score_rows
-    from safetensors.torch import save_file
+    from recipe_sweep import run_with_weights, score_rows
 
-    from fakescope.runs import WEIGHTS, load_run, read_meta, write_meta
+    from fakescope.runs import load_run
 
     states = [load_run(r).model.state_dict() for r in runs]
     avg = {k: (sum(s[k] for s in states) / len(states) if v.is_floating_point() else v)
            for k, v in states[0].items()}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in avg.items()}, str(out / WEIGHTS))
-    write_meta(out, read_meta(runs[0]))
-    shutil.copy(runs[0] / "split.csv", out / "split.csv")
+    run_with_weights(runs[0], avg, out)
     torch.set_num_threads(2)
     sets = [data_dir / "sg-ffhq", data_dir / "lfw-faceswap"]
     for row in score_rows(out, sets, limit):

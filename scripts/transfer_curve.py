@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 
 from generalisation import LFW, RECIPES, SG, parser, run_one
-from recipe_sweep import parse_seeds, score_rows
+from recipe_sweep import parse_seeds, run_with_weights, score_rows
 
 
 def watch(resume: Path, keep: Path, done: threading.Event) -> None:
@@ -49,23 +49,22 @@ def watch(resume: Path, keep: Path, done: threading.Event) -> None:
 
 def epoch_run(run: Path, epoch_dir: Path, out: Path) -> Path:
     """A run folder at ``out`` with the run's description and one epoch's weights."""
-    from fakescope.runs import WEIGHTS, load_resume, load_run, read_meta, save_weights, write_meta
+    from fakescope.runs import load_resume, load_run
 
     model = load_run(run).model
     load_resume(epoch_dir, model)
-    out.mkdir(parents=True, exist_ok=True)
-    save_weights(model, out / WEIGHTS)
-    write_meta(out, read_meta(run))
-    shutil.copy(run / "split.csv", out / "split.csv")
-    return out
+    return run_with_weights(run, model.state_dict(), out)
 
 
 def main(argv=None) -> int:
     args = parser(__doc__).parse_args(argv)
-    averaged = [r for r in args.recipes if RECIPES[r].get("ema")]
-    if averaged:  # the resume folder holds the raw weights, not the average the run keeps
-        raise SystemExit(f"transfer_curve.py: {', '.join(averaged)} keeps averaged weights "
-                         "(--ema) that no epoch commit holds; not supported")  # fmt: skip
+    # the kept epoch must be one an epoch commit holds (not --ema's average) and one the log
+    # names by the lowest val loss (not --select-by auc's mean over sources)
+    unsupported = [r for r in args.recipes
+                   if RECIPES[r].get("ema") or RECIPES[r].get("select_by") == "auc"]  # fmt: skip
+    if unsupported:
+        raise SystemExit(f"transfer_curve.py: {', '.join(unsupported)} keeps averaged weights "
+                         "(--ema) or chooses by AUC (--select-by auc); not supported")  # fmt: skip
     sets = [Path(args.data_dir) / d for d in (SG, LFW)]
     for recipe in args.recipes:
         for seed in parse_seeds(args.seeds):
@@ -83,10 +82,7 @@ def main(argv=None) -> int:
             rows = []
             # the last epoch's commit lives a moment (the step's end commits again at once);
             # when it is the kept epoch, the run itself holds its weights
-            if RECIPES[recipe].get("select_by") == "auc":
-                kept = max(log, key=lambda e: float(log[e]["val_auc"]))
-            else:
-                kept = min(log, key=lambda e: float(log[e]["val_loss"]))
+            kept = min(log, key=lambda e: float(log[e]["val_loss"]))
             for e in sorted(log):
                 if (keep / f"epoch-{e}").exists():
                     scored = epoch_run(run, keep / f"epoch-{e}", keep / f"run-{e}")
