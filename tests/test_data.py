@@ -4,6 +4,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fakescope.data import folders as D
@@ -71,6 +72,23 @@ def test_fit_resize_and_pad():
     assert abs(float(t[:, 0, 0].abs().max())) < 0.02  # the canvas normalises to ~0
     wide = im.resize((400, 200))
     assert T.fit_square(wide, 128).size == (128, 128)
+
+
+def test_to_tensor_is_pils_resize_and_torchvisions_normalisation():
+    """The network input: PIL's bicubic resize and crop (``fit_square``) with torchvision's
+    ToTensor + Normalize, up to the resampler's rounding (at most 2 of 255 in a pixel)."""
+    from torchvision.transforms import functional as F
+
+    im = Image.open(sg_images("fake", n=1)[0]).convert("RGB")
+    for source, size in ((im, 299), (im.resize((400, 300)), 299), (im, 128)):
+        want = F.normalize(F.to_tensor(T.fit_square(source, size)), T.IMAGENET_MEAN, T.IMAGENET_STD)
+        got = T.to_tensor(source, size)
+        assert got.shape == (3, size, size) and got.dtype == want.dtype and got.is_contiguous()
+        diff = (got - want).abs() * torch.tensor(T.IMAGENET_STD).view(3, 1, 1) * 255
+        assert float(diff.max()) <= 2.01 and float(diff.mean()) < 0.1
+    # at the input size no resampling at all: the pixels as they are, normalised
+    want = F.normalize(F.to_tensor(im), T.IMAGENET_MEAN, T.IMAGENET_STD)
+    assert torch.allclose(T.to_tensor(im, 256), want, atol=1e-5)
 
 
 def test_augment_is_deterministic_per_seed_and_keeps_size():

@@ -284,3 +284,30 @@ def test_the_quick_test_answers_most_face_crops_and_no_group_photo(group):
         face = Image.open(p).convert("RGB").resize((200, 200), Image.BICUBIC)
         canvas.paste(face, (40 + i * 265, 60 + (i % 2) * 200))
     assert q.tight_face(canvas) is None
+
+
+def test_the_second_cascade_answers_where_the_first_found_nothing():
+    """A tilted face (sg-ffhq real 00005) that the first, faster cascade misses is answered by
+    the second."""
+    from fakescope.data.faces import QuickTightTest
+
+    im = Image.open(ffhq(6, "real")[5]).convert("RGB")
+    both, first = QuickTightTest(), QuickTightTest()
+    first.CASCADES = QuickTightTest.CASCADES[:1]
+    assert first.tight_face(im) is None
+    assert both.tight_face(im) is not None
+
+
+def test_one_opencv_thread_is_put_back():
+    import cv2
+
+    from fakescope.data.faces import one_opencv_thread
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        with one_opencv_thread():
+            assert cv2.getNumThreads() == 1
+        assert cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)

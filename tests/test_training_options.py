@@ -2,6 +2,7 @@
 test-time augmentation (--tta), on tiny real runs of mobilenet_v2 over sg-ffhq images."""
 
 import csv
+import os
 
 import numpy as np
 import pytest
@@ -84,9 +85,19 @@ def test_bad_option_values_are_clear_errors(tmp_path):
 def test_two_processes_train_as_one(tmp_path):
     """--procs 2 (DistributedDataParallel over gloo, real processes): with BatchNorm statistics
     frozen, two processes of 4 images each take the same Adam step as one process of all 8,
-    so the kept weights agree; the step itself moved them far more than they differ."""
+    so the kept weights agree; the step itself moved them far more than they differ.
+
+    The one process gets the threads each of the two gets (the cores halved): Adam's first
+    step is lr * sign(gradient), and with another thread count the sums run in another order,
+    so gradients within rounding of zero flip sign (in one process alone, 2 threads against 1
+    put 519 of 2.26 million weights 2 * lr apart, session 14). With the same count none did."""
     kw = dict(limit_per_class=4, max_train_batches=1, freeze_bn=True, hflip=False)
-    one = tiny_run(tmp_path / "one", **kw)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // 2))
+    try:
+        one = tiny_run(tmp_path / "one", **kw)
+    finally:
+        torch.set_num_threads(threads)
     two = tiny_run(tmp_path / "two", procs=2, **kw)
     start = load_run(tiny_run(tmp_path / "start", lr=0.0, **kw)).model.state_dict()
     w1 = load_file(str(one / "model.safetensors"))
@@ -187,6 +198,11 @@ def test_torchrun_trains_as_procs_does(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     two_nodes = tmp_path / "two-nodes"
+    # each "machine" its own share of the cores, as two machines would have: a process uses as
+    # many threads as its machine has cores per process, and the thread count decides the
+    # order of the sums (see test_two_processes_train_as_one)
+    cores = sorted(os.sched_getaffinity(0))
+    shares = [set(cores[: len(cores) // 2] or cores), set(cores[len(cores) // 2 :])]
     nodes = [
         subprocess.Popen(
             [
@@ -206,8 +222,9 @@ def test_torchrun_trains_as_procs_does(tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=lambda share=share: os.sched_setaffinity(0, share),
         )  # fmt: skip
-        for _ in range(2)
+        for share in shares
     ]
     outs = [n.communicate(timeout=600) for n in nodes]
     assert all(n.returncode == 0 for n in nodes), [e[-2000:] for _, e in outs]
@@ -217,9 +234,10 @@ def test_torchrun_trains_as_procs_does(tmp_path):
     w2 = load_file(str(one_node / "model.safetensors"))
     for k, w in w1.items():
         assert torch.allclose(w.float(), w2[k].float(), atol=1e-6), k
-    # across "machines" gloo sums the gradients in another order: as in
+    # across "machines" gloo may sum the gradients in another order: as in
     # test_two_processes_train_as_one, a gradient within rounding of zero may flip the sign of
-    # Adam's first step for a handful of weights (measured: 82 of 2.26 million)
+    # Adam's first step for a handful of weights (measured before the machines had their own
+    # cores, so with 2 threads per process against 1: 82 of 2.26 million, later 519)
     w3 = load_file(str(two_nodes / "model.safetensors"))
     differ = sum(((w - w3[k]).abs() > 2e-5).sum().item() for k, w in w1.items())
     assert differ / sum(w.numel() for w in w1.values()) < 1e-4

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -226,7 +227,12 @@ class Predictor:
             raise FakescopeError("no input files found")
         bar = tqdm(total=len(files), desc="predicting", unit="file", disable=not self.progress)
         pool = ThreadPoolExecutor(self.workers, "prepare") if self.workers else _Inline()
-        with pool:
+        threads = nullcontext()
+        if self._cropper is not None and self.workers > 1:
+            from ..data.faces import one_opencv_thread
+
+            threads = one_opencv_thread()
+        with pool, threads:
             ahead = deque()
             todo = iter(files)
             window = 4 * max(1, self.batch_size)
