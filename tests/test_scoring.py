@@ -59,6 +59,20 @@ def test_predict_image_finds_faces(small_run):
     assert pred.predict_image(Image.new("RGB", (300, 200), (200, 200, 200)))[0].error
 
 
+def test_the_pipeline_scores_files_as_one_at_a_time_and_puts_opencv_back(small_run):
+    """Two worker threads with the face stage give the rows one thread gives, in input order;
+    OpenCV runs on one thread only while the pipeline does (one_opencv_thread)."""
+    import cv2
+
+    files = sg_images("real", n=6) + sg_images("fake", n=6)
+    before = cv2.getNumThreads()
+    piped = list(Predictor(small_run, faces="auto", progress=False, workers=2).predict(files))
+    assert cv2.getNumThreads() == before
+    inline = list(Predictor(small_run, faces="auto", progress=False, workers=0).predict(files))
+    assert [r.path for r in piped] == [r.path for r in inline] == [str(f) for f in files]
+    assert [r.score for r in piped] == pytest.approx([r.score for r in inline], abs=1e-5)
+
+
 def test_one_scoring_path():
     """evaluation imports neither training nor the Predictor; every caller scores through
     the Scorer (no second model call outside scoring/ and the training step itself)."""
