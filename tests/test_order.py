@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from fakescope.data.order import ShuffledOrder
 from fakescope.errors import FakescopeError
 
+from .conftest import threads_per_process
 from .test_training_options import tiny_run
 
 
@@ -55,14 +56,16 @@ def test_killed_inside_an_epoch_resumes_with_another_process_count(tmp_path, mon
     the cosine schedule went on from batch 3, one step was redone, and the log says so."""
     kw = dict(limit_per_class=16, max_train_batches=0, epochs=2, freeze_bn=True, hflip=False,
               lr_schedule="cosine", checkpoint_every=2, patience=5)  # fmt: skip
-    whole = tiny_run(tmp_path / "whole", **kw)
+    with threads_per_process(2):  # the threads each of the two processes gets
+        whole = tiny_run(tmp_path / "whole", **kw)
     out = tmp_path / "cut"
     monkeypatch.setenv("FAKESCOPE_CRASH_AT", "batch:3@1")
     with pytest.raises(FakescopeError):
         tiny_run(out, procs=2, **kw)
     monkeypatch.delenv("FAKESCOPE_CRASH_AT")
     assert not (out / "model.safetensors").exists()
-    tiny_run(out, procs=1, **kw, resume=True)
+    with threads_per_process(2):
+        tiny_run(out, procs=1, **kw, resume=True)
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert rows[0]["resumed_at"] == "batch 3 (2 -> 1 processes)" and rows[1]["resumed_at"] == ""

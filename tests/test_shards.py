@@ -18,7 +18,7 @@ from fakescope.data.shards import ShardSet, ShardStream, pack
 from fakescope.errors import FakescopeError
 from fakescope.evaluation.evaluator import evaluate
 
-from .conftest import SG
+from .conftest import SG, threads_per_process
 from .test_order import share_apart
 from .test_training_options import tiny_run
 
@@ -154,13 +154,15 @@ def test_a_kill_on_shards_resumes_with_another_process_count(packed, tmp_path, m
     _, out = packed
     kw = dict(data=str(out), limit_per_class=0, max_train_batches=0, epochs=2, freeze_bn=True,
               hflip=False, lr_schedule="cosine", checkpoint_every=2, patience=5)  # fmt: skip
-    whole = tiny_run(tmp_path / "whole", **kw)
+    with threads_per_process(2):  # the threads each of the two processes gets
+        whole = tiny_run(tmp_path / "whole", **kw)
     cut = tmp_path / "cut"
     monkeypatch.setenv("FAKESCOPE_CRASH_AT", "batch:3@1")
     with pytest.raises(FakescopeError):
         tiny_run(cut, procs=2, **kw)
     monkeypatch.delenv("FAKESCOPE_CRASH_AT")
-    tiny_run(cut, procs=1, resume=True, **kw)
+    with threads_per_process(2):
+        tiny_run(cut, procs=1, resume=True, **kw)
     rows = list(csv.DictReader(open(cut / "log.csv")))
     assert rows[0]["resumed_at"] == "batch 3 (2 -> 1 processes)"
     want = list(csv.DictReader(open(whole / "log.csv")))

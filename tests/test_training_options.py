@@ -19,7 +19,7 @@ from fakescope.scoring.predictor import Predictor
 from fakescope.training.loop import train
 from fakescope.training.sam import SharpnessAware
 
-from .conftest import SG, sg_images
+from .conftest import SG, sg_images, threads_per_process
 
 
 def tiny_run(out, resume=False, **kw):
@@ -85,19 +85,11 @@ def test_bad_option_values_are_clear_errors(tmp_path):
 def test_two_processes_train_as_one(tmp_path):
     """--procs 2 (DistributedDataParallel over gloo, real processes): with BatchNorm statistics
     frozen, two processes of 4 images each take the same Adam step as one process of all 8,
-    so the kept weights agree; the step itself moved them far more than they differ.
-
-    The one process gets the threads each of the two gets (the cores halved): Adam's first
-    step is lr * sign(gradient), and with another thread count the sums run in another order,
-    so gradients within rounding of zero flip sign (in one process alone, 2 threads against 1
-    put 519 of 2.26 million weights 2 * lr apart, session 14). With the same count none did."""
+    so the kept weights agree; the step itself moved them far more than they differ. The one
+    process gets the threads each of the two gets (threads_per_process)."""
     kw = dict(limit_per_class=4, max_train_batches=1, freeze_bn=True, hflip=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // 2))
-    try:
+    with threads_per_process(2):
         one = tiny_run(tmp_path / "one", **kw)
-    finally:
-        torch.set_num_threads(threads)
     two = tiny_run(tmp_path / "two", procs=2, **kw)
     start = load_run(tiny_run(tmp_path / "start", lr=0.0, **kw)).model.state_dict()
     w1 = load_file(str(one / "model.safetensors"))
