@@ -83,16 +83,15 @@ def to_tensor(
     antialiased as PIL's is): within 2 of 255 of PIL's pixels and 4x faster, the largest cost
     of preparing a file after decoding it (docs/benchmarks.md)."""
     w, h = im.size
-    x = torch.from_numpy(np.array(im)).permute(2, 0, 1)
-    if (w, h) != (size, size):
-        if fit == "pad" and max(w, h) <= size:
-            x = torch.from_numpy(np.array(fit_square(im, size, fit))).permute(2, 0, 1)
-        else:
-            s = size / min(w, h)
-            nw, nh = max(size, round(w * s)), max(size, round(h * s))
-            x = TF.resize(x, [nh, nw], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            x = x[:, top : top + size, left : left + size]
+    if (w, h) == (size, size) or (fit == "pad" and max(w, h) <= size):
+        x = torch.from_numpy(np.array(fit_square(im, size, fit))).permute(2, 0, 1)
+    else:
+        s = size / min(w, h)
+        nw, nh = max(size, round(w * s)), max(size, round(h * s))
+        x = torch.from_numpy(np.array(im)).permute(2, 0, 1)
+        x = TF.resize(x, [nh, nw], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        x = x[:, top : top + size, left : left + size]
     shift = torch.tensor(mean, dtype=torch.float32).mul_(255.0).view(3, 1, 1)
     scale = torch.tensor(std, dtype=torch.float32).mul_(255.0).reciprocal_().view(3, 1, 1)
     # one pass each, into a fresh contiguous tensor: the whole-array numpy form this replaced
