@@ -172,13 +172,18 @@ def test_predict_and_evaluate_agree_across_runtimes(run_copy, onnx_fp32, tmp_pat
 def test_bench_e2e_times_every_runtime_against_the_eager_baseline(run_copy, onnx_fp32, capsys):
     from fakescope.bench import run_e2e_bench
 
-    rows = run_e2e_bench(run_copy, SG / "real", faces="never", limit=8, batch=4, iters=1)
+    rows = run_e2e_bench(run_copy, SG / "real", faces="never", limit=8, batch=4, iters=1, rounds=2)
     names = [r["runtime"] for r in rows]
     assert names[0].startswith("torch fp32 eager") and rows[0]["ratio"] == 1.0
     assert "onnx-fp32" in names and any(n.startswith("torch cpu") for n in names)
     assert all(r["e2e"] > 0 and r["model"] > 0 for r in rows)
+    # two rounds, taking turns: the median of two rates lies between them
+    assert all(len(r["e2e_all"]) == len(r["model_all"]) == 2 for r in rows)
+    assert all(min(r["e2e_all"]) <= r["e2e"] <= max(r["e2e_all"]) for r in rows)
+    assert all(r["of_model"] == pytest.approx(r["e2e"] / r["model"]) for r in rows)
     out = capsys.readouterr().out
     assert "x baseline" in out and "threads" in out  # the CPU beside the figures
+    assert "e2e/model" in out and "min-max of the rounds" in out
 
 
 def test_serve_answers_with_the_export_as_predict_does(run_copy, onnx_fp32, tmp_path):

@@ -8,6 +8,7 @@ compare malloc settings and process counts, and the tests all measure through it
 from __future__ import annotations
 
 import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -204,11 +205,16 @@ def face_stage_rate(files: list, quick: bool, n: int = 60) -> float:
     return len(ims) / (time.perf_counter() - t)
 
 
-def run_e2e_bench(run, data, faces="auto", limit=0, batch=16, workers=2, iters=3) -> list[dict]:
+def run_e2e_bench(
+    run, data, faces="auto", limit=0, batch=16, workers=2, iters=3, rounds=1
+) -> list[dict]:
     """``fakescope bench --e2e``: images/s from files to verdicts for each runtime the run has
     (torch, and every checked export), the model-only rate of each beside it, and the baseline
     (the run's network in fp32 eager, files prepared one after another) measured in the same
-    process; then the face stage alone, with and without its quick test."""
+    process; then the face stage alone, with and without its quick test. With ``rounds`` > 1
+    every runtime is timed that many times, taking turns, and the medians are reported: a
+    shared machine drifts by 10-15 % within minutes (docs/benchmarks.md), and taking turns
+    makes the drift fall on all runtimes alike instead of on whichever ran last."""
     from .data.images import list_files
     from .runs import load_run
     from .scoring.engines import artifacts, backend_of
@@ -241,16 +247,29 @@ def run_e2e_bench(run, data, faces="auto", limit=0, batch=16, workers=2, iters=3
     for art in artifacts(run):
         pred = predictor("torch", workers, backend_of(art.runtime, art.model_file))
         rows.append((art.name, pred))
-    results = []
-    for name, pred in rows:
-        model = scoring_rate(Scorer(pred.scorer.backend, run.spec, batch), x, iters)
-        results.append({"runtime": name, "e2e": _e2e(pred, files), "model": model})
+    times: dict[str, dict[str, list[float]]] = {name: {"e2e": [], "model": []} for name, _ in rows}
+    for _ in range(max(1, rounds)):
+        for name, pred in rows:
+            scorer = Scorer(pred.scorer.backend, run.spec, batch)
+            times[name]["model"].append(scoring_rate(scorer, x, iters))
+            times[name]["e2e"].append(_e2e(pred, files))
+    median = statistics.median
+    results = [
+        {"runtime": name, "e2e": median(t["e2e"]), "model": median(t["model"]),
+         "e2e_all": t["e2e"], "model_all": t["model"]}
+        for name, t in times.items()
+    ]  # fmt: skip
     base = results[0]["e2e"]
-    print(f"  {'runtime':58} {'end to end':>12} {'x baseline':>10} {'model only':>12}")
+    spread = rounds > 1
+    note = "   (end to end: min-max of the rounds)" if spread else ""
+    print(f"  {'runtime':58} {'end to end':>12} {'x baseline':>10} {'model only':>12} "
+          f"{'e2e/model':>9}{note}")  # fmt: skip
     for r in results:
         r["ratio"] = r["e2e"] / base
+        r["of_model"] = r["e2e"] / r["model"]
+        extra = f"   ({min(r['e2e_all']):.1f}-{max(r['e2e_all']):.1f})" if spread else ""
         print(f"  {r['runtime']:58} {r['e2e']:8.1f} img/s {r['ratio']:9.2f}x "
-              f"{r['model']:8.1f} img/s")  # fmt: skip
+              f"{r['model']:8.1f} img/s {r['of_model']:8.2f}x{extra}")  # fmt: skip
     if faces == "auto":
         slow, quick = face_stage_rate(files, False), face_stage_rate(files, True)
         print(f"  face stage alone (auto): MTCNN {slow:.1f} img/s, with the quick test "

@@ -39,6 +39,13 @@ def _add_bench(sub):
     p.add_argument(
         "--prepare-workers", type=int, default=2, help="with --e2e: threads preparing files"
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --e2e: time every runtime this many times, taking turns, and report the "
+        "medians (a shared machine's speed drifts within minutes)",
+    )
     p.set_defaults(func=cmd_bench)
 
 
@@ -51,7 +58,9 @@ def cmd_bench(a) -> int:
 
         if a.run is None:
             raise FakescopeError("--e2e needs --run RUN (the run whose model scores the files)")
-        run_e2e_bench(a.run, a.e2e, a.faces, a.limit, a.batch_size, a.prepare_workers, a.iters)
+        run_e2e_bench(
+            a.run, a.e2e, a.faces, a.limit, a.batch_size, a.prepare_workers, a.iters, a.rounds
+        )
         return 0
     if a.data is None:
         run_bench(a.backbone, a.input_size, a.batch_size, a.iters, a.device)
