@@ -175,6 +175,8 @@ def test_bench_e2e_times_every_runtime_against_the_eager_baseline(run_copy, onnx
     rows = run_e2e_bench(run_copy, SG / "real", faces="never", limit=8, batch=4, iters=1, rounds=2)
     names = [r["runtime"] for r in rows]
     assert names[0].startswith("torch fp32 eager") and rows[0]["ratio"] == 1.0
+    # the plain baseline (measured first) and the same network once malloc keeps memory
+    assert "plain malloc" in names[0] and "malloc kept" in names[1]
     assert "onnx-fp32" in names and any(n.startswith("torch cpu") for n in names)
     assert all(r["e2e"] > 0 and r["model"] > 0 for r in rows)
     # two rounds, taking turns: the median of two rates lies between them

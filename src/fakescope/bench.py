@@ -211,10 +211,12 @@ def run_e2e_bench(
     """``fakescope bench --e2e``: images/s from files to verdicts for each runtime the run has
     (torch, and every checked export), the model-only rate of each beside it, and the baseline
     (the run's network in fp32 eager, files prepared one after another) measured in the same
-    process; then the face stage alone, with and without its quick test. With ``rounds`` > 1
-    every runtime is timed that many times, taking turns, and the medians are reported: a
-    shared machine drifts by 10-15 % within minutes (docs/benchmarks.md), and taking turns
-    makes the drift fall on all runtimes alike instead of on whichever ran last."""
+    process, first in plain form (malloc as the C library sets it, as in a user's own script)
+    and again once fakescope's fast runtime has made malloc keep freed memory; then the face
+    stage alone, with and without its quick test. With ``rounds`` > 1 every runtime is timed
+    that many times, taking turns (the plain baseline's rounds come first, since the malloc
+    setting cannot be undone), and the medians are reported: a shared machine drifts by 10-15 %
+    within minutes (docs/benchmarks.md)."""
     from .data.images import list_files
     from .runs import load_run
     from .scoring.engines import artifacts, backend_of
@@ -233,21 +235,33 @@ def run_e2e_bench(
         f"batch {batch}, CPU: {cpu_summary()}"
     )
 
-    def predictor(runtime, workers, backend=None):
+    def predictor(runtime, workers, backend=None, scorer=None):
         pred = Predictor(run, device="cpu", batch_size=batch, faces=faces, progress=False,
-                         runtime=runtime, workers=workers)  # fmt: skip
+                         runtime=runtime, workers=workers, scorer=scorer)  # fmt: skip
         if backend is not None:
             pred.scorer.backend = backend
         return pred
 
-    eager = _Eager(run.model, select_runtime("cpu", fast=False))
-    rows = [("torch fp32 eager, one file at a time (baseline)", predictor("torch", 0, eager))]
+    # The baseline first, all its rounds, before anything selects the fast runtime: that makes
+    # malloc keep freed memory for the whole process and for good, which a user's own torch
+    # script would not have, and which alone made the eager pipeline 2-3x faster (mobilenet_v2
+    # 10.4 -> 31.9 img/s end to end, resnet50 3.5 -> 7.1; docs/benchmarks.md).
+    eager_rt = select_runtime("cpu", fast=False)
+    plain = predictor("torch", 0, scorer=Scorer(_Eager(run.model, eager_rt), run.spec, batch))
+    times: dict[str, dict[str, list[float]]] = {}
+    name = "torch fp32 eager, one file at a time, plain malloc (baseline)"
+    times[name] = {"model": [], "e2e": []}
+    for _ in range(max(1, rounds)):
+        times[name]["model"].append(scoring_rate(plain.scorer, x, iters))
+        times[name]["e2e"].append(_e2e(plain, files))
+    eager = _Eager(run.model, eager_rt)
+    rows = [("torch fp32 eager, one file at a time, malloc kept", predictor("torch", 0, eager))]
     rows.append((f"torch {select_runtime('cpu', precision=run.spec.precision).describe()}, "
                  "BN folded", predictor("torch", workers)))  # fmt: skip
     for art in artifacts(run):
         pred = predictor("torch", workers, backend_of(art.runtime, art.model_file))
         rows.append((art.name, pred))
-    times: dict[str, dict[str, list[float]]] = {name: {"e2e": [], "model": []} for name, _ in rows}
+    times.update({name: {"e2e": [], "model": []} for name, _ in rows})
     for _ in range(max(1, rounds)):
         for name, pred in rows:
             scorer = Scorer(pred.scorer.backend, run.spec, batch)

@@ -108,9 +108,12 @@ class Predictor:
         progress=True,
         runtime: str = "auto",
         workers: int = 2,
+        scorer: Scorer | None = None,
     ):
         self.run = run if isinstance(run, Run) else load_run(run)
-        self.scorer = Scorer.of_run(self.run, device, batch_size, runtime)
+        # a Scorer given is used as it is (the benchmark's plain baseline, which must not
+        # select the fast runtime: that changes malloc for the whole process)
+        self.scorer = scorer or Scorer.of_run(self.run, device, batch_size, runtime)
         # Grad-CAM needs the unfolded network, on the scorer's device
         self.model = self.scorer.torch_runtime().prepare(self.run.model).eval()
         self.batch_size, self.frames, self.progress = batch_size, frames, progress
