@@ -235,38 +235,35 @@ def run_e2e_bench(
         f"batch {batch}, CPU: {cpu_summary()}"
     )
 
-    def predictor(runtime, workers, backend=None, scorer=None):
-        pred = Predictor(run, device="cpu", batch_size=batch, faces=faces, progress=False,
-                         runtime=runtime, workers=workers, scorer=scorer)  # fmt: skip
-        if backend is not None:
-            pred.scorer.backend = backend
-        return pred
+    def predictor(backend, workers):
+        scorer = Scorer(backend, run.spec, batch)
+        return Predictor(run, device="cpu", batch_size=batch, faces=faces, progress=False,
+                         workers=workers, scorer=scorer)  # fmt: skip
+
+    times: dict[str, dict[str, list[float]]] = {}
+
+    def measure(name, pred):
+        t = times.setdefault(name, {"model": [], "e2e": []})
+        t["model"].append(scoring_rate(pred.scorer, x, iters))
+        t["e2e"].append(_e2e(pred, files))
 
     # The baseline first, all its rounds, before anything selects the fast runtime: that makes
     # malloc keep freed memory for the whole process and for good, which a user's own torch
     # script would not have, and which alone made the eager pipeline 2-3x faster (mobilenet_v2
     # 10.4 -> 31.9 img/s end to end, resnet50 3.5 -> 7.1; docs/benchmarks.md).
-    eager_rt = select_runtime("cpu", fast=False)
-    plain = predictor("torch", 0, scorer=Scorer(_Eager(run.model, eager_rt), run.spec, batch))
-    times: dict[str, dict[str, list[float]]] = {}
-    name = "torch fp32 eager, one file at a time, plain malloc (baseline)"
-    times[name] = {"model": [], "e2e": []}
+    plain = predictor(_Eager(run.model, select_runtime("cpu", fast=False)), 0)
     for _ in range(max(1, rounds)):
-        times[name]["model"].append(scoring_rate(plain.scorer, x, iters))
-        times[name]["e2e"].append(_e2e(plain, files))
-    eager = _Eager(run.model, eager_rt)
-    rows = [("torch fp32 eager, one file at a time, malloc kept", predictor("torch", 0, eager))]
-    rows.append((f"torch {select_runtime('cpu', precision=run.spec.precision).describe()}, "
-                 "BN folded", predictor("torch", workers)))  # fmt: skip
+        measure("torch fp32 eager, one file at a time, plain malloc (baseline)", plain)
+    fast = select_runtime("cpu", precision=run.spec.precision)  # from here on malloc keeps memory
+    rows = [
+        ("torch fp32 eager, one file at a time, malloc kept", plain),
+        (f"torch {fast.describe()}, BN folded", predictor(TorchBackend(run.model, fast), workers)),
+    ]
     for art in artifacts(run):
-        pred = predictor("torch", workers, backend_of(art.runtime, art.model_file))
-        rows.append((art.name, pred))
-    times.update({name: {"e2e": [], "model": []} for name, _ in rows})
+        rows.append((art.name, predictor(backend_of(art.runtime, art.model_file), workers)))
     for _ in range(max(1, rounds)):
         for name, pred in rows:
-            scorer = Scorer(pred.scorer.backend, run.spec, batch)
-            times[name]["model"].append(scoring_rate(scorer, x, iters))
-            times[name]["e2e"].append(_e2e(pred, files))
+            measure(name, pred)
     median = statistics.median
     results = [
         {"runtime": name, "e2e": median(t["e2e"]), "model": median(t["model"]),

@@ -3,6 +3,7 @@ classes alike), fitting to the input size and normalisation."""
 
 from __future__ import annotations
 
+import functools
 import io
 import random
 from dataclasses import dataclass
@@ -75,6 +76,13 @@ def fit_square(im: Image.Image, size: int, fit: str = "resize") -> Image.Image:
     return im.crop((left, top, left + size, top + size))
 
 
+@functools.lru_cache(maxsize=8)
+def _normalisation(mean: tuple, std: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x - shift) * scale on 0-255 pixels is (x / 255 - mean) / std."""
+    shift = torch.tensor(mean, dtype=torch.float32).mul_(255.0).view(3, 1, 1)
+    return shift, torch.tensor(std, dtype=torch.float32).mul_(255.0).reciprocal_().view(3, 1, 1)
+
+
 def to_tensor(
     im: Image.Image, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, fit: str = "resize"
 ) -> torch.Tensor:
@@ -92,8 +100,7 @@ def to_tensor(
         x = TF.resize(x, [nh, nw], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
         left, top = (nw - size) // 2, (nh - size) // 2
         x = x[:, top : top + size, left : left + size]
-    shift = torch.tensor(mean, dtype=torch.float32).mul_(255.0).view(3, 1, 1)
-    scale = torch.tensor(std, dtype=torch.float32).mul_(255.0).reciprocal_().view(3, 1, 1)
+    shift, scale = _normalisation(tuple(mean), tuple(std))
     # one pass each, into a fresh contiguous tensor: the whole-array numpy form this replaced
     # made five image-sized float arrays and cost more than the resize
     return x.to(torch.float32, memory_format=torch.contiguous_format).sub_(shift).mul_(scale)
