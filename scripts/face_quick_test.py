@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from fakescope.data.faces import FaceCropper, QuickTightTest
+from fakescope.data.faces import FaceCropper, MTCNNDetector, QuickTightTest
 from fakescope.data.images import list_files, load_rgb
 from fakescope.model.runtime import cpu_summary
 
@@ -48,6 +48,26 @@ def main() -> None:
           f"({t_ref / t_fast:.1f}x)")  # fmt: skip
     print(f"  quick says crop, MTCNN not: {(fast & ~ref).sum()}; "
           f"MTCNN says crop, quick not (MTCNN decides): {(ref & ~fast).sum()}")  # fmt: skip
+    layouts(ims)
+
+
+def layouts(ims) -> None:
+    """MTCNN as fakescope runs it (channels_last) against facenet-pytorch as shipped (NCHW),
+    timed in turns on the same images."""
+    from facenet_pytorch import MTCNN
+
+    ours = MTCNNDetector()
+    shipped = MTCNN(keep_all=True, device="cpu", min_face_size=20, select_largest=False)
+    times = {"channels_last": [], "NCHW": []}
+    for _ in range(2):
+        for name, detect in (("channels_last", ours.detect), ("NCHW", shipped.detect)):
+            t = time.perf_counter()
+            for im in ims:
+                detect(im)
+            times[name].append((time.perf_counter() - t) / len(ims))
+    cl, nchw = min(times["channels_last"]), min(times["NCHW"])
+    print(f"  MTCNN per image: channels_last {1e3 * cl:.1f} ms, NCHW {1e3 * nchw:.1f} ms "
+          f"({nchw / cl:.2f}x)")  # fmt: skip
 
 
 if __name__ == "__main__":

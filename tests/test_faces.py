@@ -185,6 +185,27 @@ def test_detector_keeps_the_most_confident(detector, group):
     assert [f.confidence for f in capped] == [f.confidence for f in everything[:2]]
 
 
+def test_channels_last_mtcnn_finds_what_the_library_as_shipped_finds(detector, group):
+    """fakescope runs MTCNN with channels_last weights for speed (docs/faces.md); the faces
+    must be the ones facenet-pytorch's own NCHW network finds, to float rounding."""
+    import torch
+    from facenet_pytorch import MTCNN
+
+    shipped = MTCNN(keep_all=True, device="cpu", min_face_size=20, select_largest=False)
+    ims = [group[0], *(Image.open(p).convert("RGB") for p in ffhq(3, "fake"))]
+    for im in ims:
+        ours = detector.detect(im)
+        boxes, probs = shipped.detect(im)
+        keep = [i for i, p in enumerate(probs) if p >= 0.9]
+        assert len(ours) == len(keep) > 0
+        theirs = sorted(((float(probs[i]), boxes[i]) for i in keep), key=lambda t: -t[0])
+        for face, (p, box) in zip(ours, theirs, strict=True):
+            assert abs(face.confidence - p) < 1e-4
+            assert np.allclose(face.box, np.asarray(box, dtype=float), atol=0.05)
+    conv = next(m for m in detector.inner._model().modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_large_image_boxes_map_back_to_original_coordinates(detector):
     canvas, (expected,) = paste_faces(detector, ffhq(1), 900, (3600, 2400), [(2200, 700)])
     faces = detector.detect(canvas)

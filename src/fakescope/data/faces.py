@@ -75,14 +75,20 @@ class MTCNNDetector:
     def _model(self):
         # Loading is deferred so that importing fakescope (and "--faces never") costs nothing.
         if self._net is None:
+            import torch
             from facenet_pytorch import MTCNN
 
-            self._net = MTCNN(
+            net = MTCNN(
                 keep_all=True,
                 device="cpu",
                 min_face_size=self.min_face_size,
                 select_largest=False,
             )
+            # channels_last weights make every convolution's output channels_last, and torch's
+            # CPU max-pooling with ceil_mode (all of MTCNN's) is ~10x faster in that layout:
+            # the detector 1.4-1.7x faster, boxes and probabilities equal to 1e-4
+            # (docs/faces.md)
+            self._net = net.to(memory_format=torch.channels_last)
         return self._net
 
     def detect(self, im: Image.Image) -> list[Face]:
