@@ -90,7 +90,10 @@ def test_openvino_int8_is_checked_and_calibrated(run_copy, onnx_fp32):
     assert art.info["calibration_images_per_class"] == 8
     assert art.info["quantisation"] == "nncf"
     assert (run_copy / "export" / "openvino-int8.bin").exists()
-    assert Scorer.of_run(run_copy, "cpu", runtime="openvino").engine == "openvino-int8"
+    scorer = Scorer.of_run(run_copy, "cpu", runtime="openvino")
+    assert scorer.engine == "openvino-int8"
+    # its threads share the cores with the pipeline's workers (engines.py)
+    assert scorer.backend.model.get_property("ENABLE_CPU_PINNING") is False
 
 
 def test_int8_that_misses_is_quantised_again_with_accuracy_control(run_copy, tmp_path, monkeypatch):
@@ -167,6 +170,17 @@ def test_predict_and_evaluate_agree_across_runtimes(run_copy, onnx_fp32, tmp_pat
                  runtime="onnx")  # fmt: skip
     assert m["runtime"] == "onnx-fp32" and m["threshold_source"]["computed_on"] == "val (onnx-fp32)"
     assert torch.isfinite(torch.tensor(m["auc"]))
+
+
+def test_bench_e2e_limit_takes_files_from_every_class():
+    from fakescope.bench import spread
+    from fakescope.data.images import list_files
+
+    files = list_files([SG])
+    picked = spread(files, 10)
+    assert len(picked) == 10 and len(set(picked)) == 10
+    assert {p.parent.name for p in picked} == {"fake", "real"}
+    assert spread(files[:5], 10) == files[:5] and spread(files, 0) == files
 
 
 def test_bench_e2e_times_every_runtime_against_the_eager_baseline(run_copy, onnx_fp32, capsys):

@@ -35,7 +35,13 @@ def _add_bench(sub):
     )
     p.add_argument("--run", default=None, help="with --e2e: the run folder to score with")
     p.add_argument("--faces", default="auto", choices=["auto", "always", "never"])
-    p.add_argument("--limit", type=int, default=0, help="with --e2e: at most this many files")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        help="with --e2e: at most this many files, spread evenly over the sorted list "
+        "(so a folder of real/ and fake/ gives both)",
+    )
     p.add_argument(
         "--prepare-workers", type=int, default=2, help="with --e2e: threads preparing files"
     )

@@ -110,7 +110,11 @@ class OpenVinoBackend:
     def __init__(self, model_file: Path, threads: int | None = None):
         import openvino as ov
 
-        config = {"PERFORMANCE_HINT": "LATENCY"}
+        # Not pinned to cores: in fakescope's pipeline the worker threads preparing the next
+        # files share the cores with the network, and with OpenVINO's threads pinned the
+        # scheduler cannot move them out of the way (end to end 7 % faster unpinned with the
+        # face stage on, 3 % with it off; docs/benchmarks.md).
+        config = {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
