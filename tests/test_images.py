@@ -131,3 +131,14 @@ def test_predict_scores_a_108_megapixel_photo(small_run, photo_12000x9000, capsy
     assert main(["predict", str(small_run), str(photo_12000x9000), "--faces", "never"]) == 0
     out = capsys.readouterr().out
     assert "dslr.jpg" in out and ("fake" in out or "real" in out) and "error" not in out.lower()
+
+
+def test_a_big_jpeg_is_decoded_at_reduced_scale_only_when_asked(tmp_path, face):
+    big = face.resize((2400, 1800), Image.BICUBIC)
+    big.save(tmp_path / "big.jpg", quality=92)
+    big.save(tmp_path / "big.png")
+    assert load_rgb(tmp_path / "big.jpg").size == (2400, 1800)  # under 2x 2048 on a side
+    # 320 px needed: 1/4 scale keeps the short side at 450, 1/8 would give 225
+    assert load_rgb(tmp_path / "big.jpg", least_side=320).size == (600, 450)
+    assert load_rgb(tmp_path / "big.jpg", least_side=1000).size == (2400, 1800)
+    assert load_rgb(tmp_path / "big.png", least_side=320).size == (2400, 1800)  # not a JPEG

@@ -73,6 +73,22 @@ def test_the_pipeline_scores_files_as_one_at_a_time_and_puts_opencv_back(small_r
     assert [r.score for r in piped] == pytest.approx([r.score for r in inline], abs=1e-5)
 
 
+def test_faces_never_decodes_big_jpegs_small_and_scores_them_alike(small_run, tmp_path):
+    """Whole-image scoring needs twice the input on the short side (320 px at 160): a big JPEG
+    is decoded at reduced scale, and the score stays that of the full decode."""
+    from fakescope.data.images import load_rgb
+
+    pred = Predictor(small_run, device="cpu", faces="never", progress=False)
+    paths = []
+    for i, src in enumerate(sg_images("fake", n=2) + sg_images("real", n=2)):
+        paths.append(tmp_path / f"big{i}.jpg")
+        Image.open(src).convert("RGB").resize((2048, 2048), Image.BICUBIC).save(paths[-1])
+    assert pred.prepare_file(paths[0]).units[0].image.size == (512, 512)
+    full = pred.scorer.score_images([load_rgb(p) for p in paths])
+    rows = list(pred.predict(paths))
+    assert np.abs(np.array([r.score for r in rows]) - full).max() < 0.01
+
+
 def test_one_scoring_path():
     """evaluation imports neither training nor the Predictor; every caller scores through
     the Scorer (no second model call outside scoring/ and the training step itself)."""

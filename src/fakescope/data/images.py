@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from pathlib import Path
@@ -19,7 +20,8 @@ VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 # check (a warning at 89 MP) is silenced so that this limit, not Pillow's, decides; its error
 # (at 179 MP) is reported as this limit.
 MAX_PIXELS = 150_000_000
-# Huge JPEGs are decoded at reduced scale straight away (PIL's draft mode) to save memory.
+# Huge JPEGs are decoded at reduced scale straight away (PIL's draft mode) to save memory: those
+# at least twice this on both sides, at 1/2-1/8 scale, keeping both sides at least this.
 DRAFT_SIDE = 2048
 
 
@@ -39,10 +41,16 @@ def check_file(path: str | Path, what: str) -> Path:
     return path
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open ``path`` as an 8-bit RGB image, upright per its EXIF orientation."""
+def load_rgb(path: str | Path, least_side: int | None = None) -> Image.Image:
+    """Open ``path`` as an 8-bit RGB image, upright per its EXIF orientation.
+
+    ``least_side``: the caller only needs this many pixels on the short side (whole-image
+    scoring, which resizes to the network's input anyway). A JPEG at least twice that is then
+    decoded at 1/2, 1/4 or 1/8 scale inside the decoder (Pillow's draft mode), keeping at
+    least ``least_side``: a 12 MP photo decodes in a fraction of the time (docs/benchmarks.md).
+    """
     path = check_file(path, "an image")
-    return _decode(path, path)
+    return _decode(path, path, least_side)
 
 
 def decode_rgb(data: bytes, name: str) -> Image.Image:
@@ -52,7 +60,19 @@ def decode_rgb(data: bytes, name: str) -> Image.Image:
     return _decode(io.BytesIO(data), name)
 
 
-def _decode(source, path) -> Image.Image:
+def _draft_size(size: tuple[int, int], least_side: int | None) -> tuple[int, int] | None:
+    """The size to ask Pillow's JPEG draft mode for, or None to decode at full size. Pillow
+    reduces by the largest of 2, 4, 8 that keeps *both* sides at least the size asked for."""
+    w, h = size
+    if least_side and least_side * 2 <= min(w, h):
+        s = least_side / min(w, h)
+        return math.ceil(w * s), math.ceil(h * s)
+    if max(w, h) > DRAFT_SIDE:
+        return DRAFT_SIDE, DRAFT_SIDE
+    return None
+
+
+def _decode(source, path, least_side: int | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -61,8 +81,9 @@ def _decode(source, path) -> Image.Image:
                 raise TooLarge(
                     f"{path}: image too large ({im.width}x{im.height} pixels, limit {MAX_PIXELS:,})"
                 )
-            if im.format == "JPEG" and max(im.size) > DRAFT_SIDE:
-                im.draft("RGB", (DRAFT_SIDE, DRAFT_SIDE))
+            draft = _draft_size(im.size, least_side) if im.format == "JPEG" else None
+            if draft is not None:
+                im.draft("RGB", draft)
             im.load()
     except BadInput:
         raise

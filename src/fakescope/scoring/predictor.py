@@ -120,6 +120,9 @@ class Predictor:
         self.workers = workers
         self.threshold = self.scorer.threshold if threshold is None else float(threshold)
         self.faces = faces
+        # Scoring whole images needs no more pixels than twice the network's input: big JPEGs
+        # are decoded at reduced scale then. The face stage needs them all (small faces).
+        self._least_side = 2 * self.run.input_size if faces == "never" else None
         margin = face_margin or self.run.meta.face_margin
         self._cropper = None
         if faces != "never":
@@ -206,7 +209,7 @@ class Predictor:
             if not units:
                 raise BadInput(f"{p}: no face found in {self.frames} sampled frames")
             return units, []
-        im = load_rgb(path)
+        im = load_rgb(path, self._least_side)
         units = self._image_units(im, p)
         if not units:
             return [], [
