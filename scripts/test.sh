@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check src tests
-.venv/bin/python -m pytest -q "$@"
+# the slowest tests are listed, so that a suite creeping past its 15 minutes shows where
+.venv/bin/python -m pytest -q --durations=15 "$@"
