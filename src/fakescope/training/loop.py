@@ -14,6 +14,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -453,8 +454,12 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
         sched = _scheduler(cfg, opt, n_batches, cfg.epochs_of(step), budget)
         if resume and (state.epoch > 0 or state.batch > 0):
             load_resume(resume_dir, model, opt)
-            for _ in range((state.epoch * n_batches + state.batch) * bool(sched)):
-                sched.step()
+            with warnings.catch_warnings():
+                # fast-forwarding the schedule to where it stopped is not the misordered call
+                # torch warns of (every resumed run printed it)
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                for _ in range((state.epoch * n_batches + state.batch) * bool(sched)):
+                    sched.step()
         ema = _weight_average(cfg, model)  # restarts with each step, from its starting weights
         scored = model if ema is None else ema.module  # what is validated and kept
         epoch_runner = Epoch(
