@@ -307,6 +307,24 @@ def test_the_quick_test_answers_most_face_crops_and_no_group_photo(group):
     assert q.tight_face(canvas) is None
 
 
+def test_the_quick_test_answers_a_big_photo_of_a_crop_as_the_crop_itself():
+    """A photo many times the test's side is shrunk by a whole factor first (for speed): its
+    answer and box are those of the same picture at crop size."""
+    from fakescope.data.faces import QuickTightTest
+
+    q = QuickTightTest()
+    answered = 0
+    for p in ffhq(4, "fake"):
+        crop = Image.open(p).convert("RGB")
+        small = q.tight_face(crop)
+        big = q.tight_face(crop.resize((3072, 3072), Image.BICUBIC))
+        assert (small is None) == (big is None)
+        if small is not None:
+            answered += 1
+            assert iou([v * 12 for v in small.box], big.box) > 0.8
+    assert answered >= 3
+
+
 def test_the_second_cascade_answers_where_the_first_found_nothing():
     """A tilted face (sg-ffhq real 00005) that the first, faster cascade misses is answered by
     the second."""
