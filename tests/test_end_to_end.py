@@ -138,6 +138,21 @@ def test_predict_same_score_as_evaluation(small_run):
     assert a == pytest.approx(b, abs=1e-5)
 
 
+def test_cli_options_must_be_spelt_out(capsys):
+    """No prefix matching: `predict --run RUN` (bench's spelling) once became `--runtime RUN`
+    and failed with a list of runtimes that had nothing to do with the mistake."""
+    from fakescope.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["predict", "runs/x", "photo.jpg", "--runtime", "torch"])
+    assert args.runtime == "torch"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", "runs/x", "photo.jpg", "--run", "torch"])
+    assert "unrecognized arguments: --run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--data", "d", "--out", "o", "--epoch", "2"])
+
+
 def test_cli_errors_are_one_line(tmp_path):
     r = cli("evaluate", tmp_path / "nope")
     assert r.returncode == 2 and "not a fakescope run folder" in r.stderr

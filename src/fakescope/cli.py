@@ -21,7 +21,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     for group in (train, predict, compare, export, serve, tools):
         group.add(sub)
+    _no_abbreviations(p)
     return p
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Options must be spelt out, in every subcommand: with argparse's prefix matching,
+    `predict --run RUN` (bench's spelling) was read as `--runtime RUN` and failed with a
+    list of runtimes, and any new option could make an old prefix ambiguous."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _no_abbreviations(child)
 
 
 def _version() -> str:
