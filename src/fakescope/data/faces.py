@@ -240,8 +240,7 @@ class QuickTightTest:
                 return self._judge(boxes, grey.shape, scale)
         return None
 
-    @staticmethod
-    def _judge(boxes, shape, scale: float) -> Face | None:
+    def _judge(self, boxes, shape, scale: float) -> Face | None:
         # Stricter than the rule it stands in for, since its boxes are not MTCNN's: exactly one
         # big face, well over the size bound, central. Anything else (a group photo whose faces
         # straddle the bound, a neighbour at the edge) goes on to MTCNN.
@@ -250,7 +249,7 @@ class QuickTightTest:
         x, y, bw, bh = (int(v) for v in boxes[0])
         h, w = shape
         off = max(abs((x + bw / 2) / w - 0.5), abs((y + bh / 2) / h - 0.5))
-        if min(bw, bh) < QUICK_MIN_RATIO * QuickTightTest.SIDE or off > TIGHT_MAX_OFFSET:
+        if min(bw, bh) < QUICK_MIN_RATIO * self.SIDE or off > TIGHT_MAX_OFFSET:
             return None
         return Face(box=tuple(float(v) / scale for v in (x, y, x + bw, y + bh)), confidence=None)
 

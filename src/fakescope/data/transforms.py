@@ -65,15 +65,26 @@ def fit_square(im: Image.Image, size: int, fit: str = "resize") -> Image.Image:
     w, h = im.size
     if (w, h) == (size, size):
         return im
-    if fit == "pad" and max(w, h) <= size:
+    if _pads(w, h, size, fit):
         canvas = Image.new("RGB", (size, size), PAD_RGB)
         canvas.paste(im, ((size - w) // 2, (size - h) // 2))
         return canvas
+    nw, nh, left, top = _cover(w, h, size)
+    im = im.resize((nw, nh), Image.BICUBIC)
+    return im.crop((left, top, left + size, top + size))
+
+
+def _pads(w: int, h: int, size: int, fit: str) -> bool:
+    """``fit`` "pad" leaves an image that fits inside the square unresampled."""
+    return fit == "pad" and max(w, h) <= size
+
+
+def _cover(w: int, h: int, size: int) -> tuple[int, int, int, int]:
+    """The resize that scales the short side to ``size`` (width, height), and the top-left
+    corner of the centred size x size crop: ``fit_square`` and ``to_tensor`` share it."""
     s = size / min(w, h)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    im = im.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return im.crop((left, top, left + size, top + size))
+    return nw, nh, (nw - size) // 2, (nh - size) // 2
 
 
 @functools.lru_cache(maxsize=8)
@@ -91,14 +102,12 @@ def to_tensor(
     antialiased as PIL's is): within 2 of 255 of PIL's pixels and 4x faster, the largest cost
     of preparing a file after decoding it (docs/benchmarks.md)."""
     w, h = im.size
-    if (w, h) == (size, size) or (fit == "pad" and max(w, h) <= size):
+    if (w, h) == (size, size) or _pads(w, h, size, fit):
         x = torch.from_numpy(np.array(fit_square(im, size, fit))).permute(2, 0, 1)
     else:
-        s = size / min(w, h)
-        nw, nh = max(size, round(w * s)), max(size, round(h * s))
+        nw, nh, left, top = _cover(w, h, size)
         x = torch.from_numpy(np.array(im)).permute(2, 0, 1)
         x = TF.resize(x, [nh, nw], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-        left, top = (nw - size) // 2, (nh - size) // 2
         x = x[:, top : top + size, left : left + size]
     shift, scale = _normalisation(tuple(mean), tuple(std))
     # one pass each, into a fresh contiguous tensor: the whole-array numpy form this replaced
