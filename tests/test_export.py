@@ -96,6 +96,32 @@ def test_openvino_int8_is_checked_and_calibrated(run_copy, onnx_fp32):
     assert scorer.backend.model.get_property("ENABLE_CPU_PINNING") is False
 
 
+def test_openvino_runs_full_batches_through_a_copy_compiled_for_them(run_copy, onnx_fp32, tmp_path):
+    """The exported file keeps its dynamic batch; the backend adds a copy compiled for the
+    scorer's batch size (OpenVINO picks faster kernels for a static shape) and sends other
+    sizes to the dynamic one. Both give the same scores."""
+    import openvino as ov
+
+    from fakescope.scoring.engines import backend_of
+
+    model_file = tmp_path / "model.xml"  # the ONNX export as OpenVINO reads it
+    ov.save_model(ov.convert_model(str(onnx_fp32.model_file)), str(model_file))
+    backend = backend_of("openvino", model_file, batch=4)
+    batch, fixed, _ = backend.fixed
+    assert batch == 4 and fixed.get_compiled_model().input(0).get_partial_shape().is_static
+    assert backend.model.input(0).get_partial_shape()[0].is_dynamic
+    from PIL import Image
+
+    scorer = Scorer(backend, load_run(run_copy).spec, 4)
+    images = [Image.open(p).convert("RGB") for p in sg_images("fake", n=2) + sg_images("real", n=2)]
+    x = scorer.tensors(images)
+    whole = backend.logits(x)
+    assert fixed.latency > 0 and backend.request.latency == 0  # the full batch: the copy
+    parts = torch.cat([backend.logits(x[:3]), backend.logits(x[3:])])
+    assert backend.request.latency > 0  # the ragged ones: the dynamic model
+    np.testing.assert_allclose(whole.numpy(), parts.numpy(), atol=1e-4)
+
+
 def test_int8_that_misses_is_quantised_again_with_accuracy_control(run_copy, tmp_path, monkeypatch):
     """Where plain int8 fails the check (forced here), NNCF's accuracy control returns the most
     harmful operations to fp32 and the result is checked again; the JSON says which it was."""
@@ -200,6 +226,11 @@ def test_bench_e2e_times_every_runtime_against_the_eager_baseline(run_copy, onnx
     out = capsys.readouterr().out
     assert "x baseline" in out and "threads" in out  # the CPU beside the figures
     assert "e2e/model" in out and "min-max of the rounds" in out
+    # each export also as a user would run the file, model only: the issue's "peer"
+    onnx = next(r for r in rows if r["runtime"] == "onnx-fp32")
+    assert onnx["peer_model"] > 0
+    assert onnx["of_peer"] == pytest.approx(onnx["e2e"] / onnx["peer_model"])
+    assert "onnx-fp32 as exported (dynamic batch), model only" in out
 
 
 def test_serve_answers_with_the_export_as_predict_does(run_copy, onnx_fp32, tmp_path):

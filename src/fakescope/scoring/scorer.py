@@ -79,7 +79,7 @@ class Scorer:
         if art is not None:
             log.info("scoring with %s", art.describe())
             own = {**art.info["check"]["thresholds"], "computed_on": f"val ({art.name})"}
-            backend = backend_of(art.runtime, art.model_file)
+            backend = backend_of(art.runtime, art.model_file, batch=batch_size)
             return cls(backend, run.spec, batch_size, art.threshold, own, art.name)
         rt = select_runtime(device, precision=run.spec.precision)
         log.info("scoring with torch on %s", rt.describe())
