@@ -337,6 +337,23 @@ def test_the_second_cascade_answers_where_the_first_found_nothing():
     assert both.tight_face(im) is not None
 
 
+def test_the_third_pass_answers_where_the_first_two_found_nothing():
+    """FFHQ photos that neither of the first two cascades finds a face in (sg-ffhq real 00173,
+    00647, 01040) are answered by the finer third pass, each with a central box, where MTCNN
+    would have had to decide."""
+    from fakescope.data.faces import QuickTightTest
+
+    all3, two = QuickTightTest(), QuickTightTest()
+    two.CASCADES = QuickTightTest.CASCADES[:2]
+    for name in ("00173.jpg", "00647.jpg", "01040.jpg"):
+        im = Image.open(FFHQ_REAL / name).convert("RGB")
+        assert two.tight_face(im) is None, name
+        face = all3.tight_face(im)
+        assert face is not None, name
+        cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+        assert abs(cx / im.width - 0.5) < 0.25 and abs(cy / im.height - 0.5) < 0.25
+
+
 def test_one_opencv_thread_is_put_back():
     import cv2
 
