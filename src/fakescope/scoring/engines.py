@@ -87,8 +87,7 @@ class OnnxBackend:
     def __init__(self, model_file: Path, threads: int | None = None, batch: int | None = None):
         import onnxruntime as ort
 
-        # ``batch`` is ignored: ONNX Runtime's CPU kernels do not run faster for a fixed batch.
-
+        # ``batch`` is ignored: ONNX Runtime's CPU kernels do not run faster for a fixed batch
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
