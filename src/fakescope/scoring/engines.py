@@ -143,7 +143,9 @@ class OpenVinoBackend:
         request, output = self.request, self.output
         if self.fixed is not None and len(x) == self.fixed[0]:
             request, output = self.fixed[1], self.fixed[2]
-        out = request.infer([x.numpy()])[output]
+        # shared, not copied into the request: one 17 MB copy fewer per batch at 299 px; the
+        # call is synchronous, so the array outlives its use
+        out = request.infer([np.ascontiguousarray(x.numpy())], share_inputs=True)[output]
         return torch.from_numpy(np.asarray(out, np.float32).reshape(-1).copy())
 
 
