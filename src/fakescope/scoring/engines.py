@@ -119,6 +119,7 @@ class OpenVinoBackend:
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         core = ov.Core()
+        self.fixed = None  # (batch size, request, output) of the static copy
         try:
             self.model = core.compile_model(str(model_file), "CPU", config)
             # The file keeps its dynamic batch; a second copy compiled for the scorer's own
@@ -126,7 +127,6 @@ class OpenVinoBackend:
             # kernels for a static shape (model only 1.15-1.18x for mobilenet_v2, 1.07x for
             # resnet50, identical scores: docs/benchmarks.md). Other sizes (the last batch,
             # single requests) take the dynamic one.
-            self.fixed = None
             if batch and batch > 1:
                 m = core.read_model(str(model_file))
                 shape = m.input(0).get_partial_shape()
@@ -142,7 +142,7 @@ class OpenVinoBackend:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         request, output = self.request, self.output
         if self.fixed is not None and len(x) == self.fixed[0]:
-            request, output = self.fixed[1], self.fixed[2]
+            _, request, output = self.fixed
         # shared, not copied into the request: one 17 MB copy fewer per batch at 299 px; the
         # call is synchronous, so the array outlives its use
         out = request.infer([np.ascontiguousarray(x.numpy())], share_inputs=True)[output]

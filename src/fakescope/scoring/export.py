@@ -201,7 +201,7 @@ def check(run: Run, model_file: Path, runtime: str, val_loader) -> dict:
     """Score the validation loader with the exported model and with torch; the numbers that
     decide whether the export is kept, and its recalibrated thresholds."""
     # checked as predict and evaluate will run it, batch size included
-    backend = backend_of(runtime, model_file, batch=getattr(val_loader, "batch_size", None))
+    backend = backend_of(runtime, model_file, batch=val_loader.batch_size)
     s, y, rate = _timed_scores(backend, run.spec, val_loader)
     # the reference is the network as trained, in fp32: what the export must reproduce
     rt = select_runtime("cpu", precision="fp32")
