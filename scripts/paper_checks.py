@@ -26,7 +26,15 @@ import sys
 import time
 from pathlib import Path
 
-from recipe_sweep import DEMO, SCORE_FIELDS, run_sweep, score_rows, summarise, sweep_parser
+from recipe_sweep import (
+    DEMO,
+    SCORE_FIELDS,
+    run_sweep,
+    score_rows,
+    summarise,
+    sweep_parser,
+    sweep_pool,
+)
 
 BASE = dict(DEMO, input_size=299, tensorboard=False, patience=100)
 SCALES = {
@@ -264,28 +272,34 @@ def main(argv=None) -> int:
     p.add_argument("--resnet50-weights", default="none", help="'imagenet', 'none' or a file")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run")
     args = p.parse_args(argv)
+    with sweep_pool(args) as pool:  # one for every check: each process starts once
+        for check in args.recipes:
+            run_check(check, args, pool)
+    return 0
+
+
+def run_check(check: str, args, pool) -> None:
+    """One check's runs (trained ones are reused), its table and plot, printed when done."""
     from recipe_sweep import parse_seeds
 
-    for check in args.recipes:
-        if check == "imbalance":
-            print((imbalance(args, parse_seeds(args.seeds)) / "summary.md").read_text())
-            continue
-        folder = Path(args.out) / check
-        folder.mkdir(parents=True, exist_ok=True)
-        csv_path = folder / "cells.csv"
-        csv_path.unlink(missing_ok=True)  # rebuilt from the runs (trained ones are reused)
-        jobs = [f"{check}/{v}" for v in CHECKS[check]]
-        order = [v + s for v in CHECKS[check] for s in ("", " (random start)")]
+    if check == "imbalance":
+        print((imbalance(args, parse_seeds(args.seeds)) / "summary.md").read_text())
+        return
+    folder = Path(args.out) / check
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path = folder / "cells.csv"
+    csv_path.unlink(missing_ok=True)  # rebuilt from the runs
+    jobs = [f"{check}/{v}" for v in CHECKS[check]]
+    order = [v + s for v in CHECKS[check] for s in ("", " (random start)")]
 
-        def after(path, folder=folder, order=order, check=check):
-            own = Path(args.data).name
-            table = check_summary(path, order, own)
-            (folder / "summary.md").write_text(table + "\n" + summarise(path, "variant", order))
-            plot_check(check, path, folder / "check.png")
+    def after(path):
+        own = Path(args.data).name
+        table = check_summary(path, order, own)
+        (folder / "summary.md").write_text(table + "\n" + summarise(path, "variant", order))
+        plot_check(check, path, folder / "check.png")
 
-        run_sweep(run_one, jobs, args, csv_path, FIELDS, after=after)
-        print(f"## {check}\n\n" + (folder / "summary.md").read_text())
-    return 0
+    run_sweep(run_one, jobs, args, csv_path, FIELDS, after=after, pool=pool)
+    print(f"## {check}\n\n" + (folder / "summary.md").read_text())
 
 
 if __name__ == "__main__":
