@@ -93,7 +93,7 @@ def train_tiny(tmp_path, monkeypatch, **kw):
 
 
 def test_a_run_on_two_sources_with_only_pseudo_fakes(tmp_path, monkeypatch):
-    run = train_tiny(tmp_path, monkeypatch, sbi=1.0, real_only=True, time_budget=0.75)
+    run = train_tiny(tmp_path, monkeypatch, sbi=1.0, real_only=True, time_budget=0.3)
     meta = json.loads((run / "fakescope.json").read_text())
     assert [s["name"] for s in meta["data"]["sources"]] == ["sg-ffhq", "lfw-faceswap"]
     assert all(len(s["sha256"]) == 64 for s in meta["data"]["sources"])
