@@ -24,6 +24,7 @@ import csv
 import os
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from recipe_sweep import (
@@ -272,9 +273,19 @@ def main(argv=None) -> int:
     p.add_argument("--resnet50-weights", default="none", help="'imagenet', 'none' or a file")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run")
     args = p.parse_args(argv)
-    with sweep_pool(args) as pool:  # one for every check: each process starts once
+    pool = sweep_pool(args)  # one for every check: each process starts once
+    try:
         for check in args.recipes:
-            run_check(check, args, pool)
+            try:
+                run_check(check, args, pool)
+            except BrokenProcessPool:
+                # a worker died in an earlier check (killed, out of memory), which left that
+                # check's rows short: this one starts again on a fresh pool
+                pool.shutdown()
+                pool = sweep_pool(args)
+                run_check(check, args, pool)
+    finally:
+        pool.shutdown()
     return 0
 
 
