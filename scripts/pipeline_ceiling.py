@@ -74,7 +74,7 @@ def main() -> None:
         f"faces {a.faces}, batch {a.batch}, {a.workers} workers, CPU: {cpu_summary()}"
     )
     n = len(files)
-    halves = [files[i :: a.workers] for i in range(a.workers)]
+    shares = [files[i :: a.workers] for i in range(a.workers)]
     ctx = mp.get_context("spawn")  # fork would copy the parent's running threads' locks
     rates: dict[str, list[float]] = {}
     threads = ThreadPoolExecutor(a.workers)
@@ -83,15 +83,24 @@ def main() -> None:
         with one_opencv_thread():  # as the pipeline runs its workers
             return list(threads.map(lambda f: _prepare(pred, f), paths))
 
+    def one_thread(paths):
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with one_opencv_thread():
+                return [_prepare(pred, f) for f in paths]
+        finally:
+            torch.set_num_threads(before)
+
     with ProcessPoolExecutor(a.workers, ctx, _start_worker, (a.run, a.faces)) as procs:
-        list(procs.map(_prepare_chunk, [h[:2] for h in halves]))  # start-up, not timed
+        list(procs.map(_prepare_chunk, [h[:2] for h in shares]))  # start-up, not timed
         list(pred.predict(files[:8]))
         timed = {
             "model only": lambda: scoring_rate(pred.scorer, x, max(2, n // a.batch // 4)),
-            "prepare, one thread": lambda: _rate(lambda: [_prepare(pred, f) for f in files], n),
+            "prepare, one thread": lambda: _rate(lambda: one_thread(files), n),
             f"prepare, {a.workers} threads": lambda: _rate(lambda: threaded(files), n),
             f"prepare, {a.workers} processes": lambda: _rate(
-                lambda: list(procs.map(_prepare_chunk, halves)), n
+                lambda: list(procs.map(_prepare_chunk, shares)), n
             ),
             "end to end (predict)": lambda: _rate(lambda: list(pred.predict(files)), n),
         }
