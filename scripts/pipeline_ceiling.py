@@ -77,7 +77,7 @@ def main() -> None:
     shares = [files[i :: a.workers] for i in range(a.workers)]
     ctx = mp.get_context("spawn")  # fork would copy the parent's running threads' locks
     rates: dict[str, list[float]] = {}
-    threads = ThreadPoolExecutor(a.workers)
+    threads = ThreadPoolExecutor(a.workers)  # the pipeline's own pool is inside predict
 
     def threaded(paths):
         with one_opencv_thread():  # as the pipeline runs its workers
@@ -92,7 +92,7 @@ def main() -> None:
         finally:
             torch.set_num_threads(before)
 
-    with ProcessPoolExecutor(a.workers, ctx, _start_worker, (a.run, a.faces)) as procs:
+    with threads, ProcessPoolExecutor(a.workers, ctx, _start_worker, (a.run, a.faces)) as procs:
         list(procs.map(_prepare_chunk, [h[:2] for h in shares]))  # start-up, not timed
         list(pred.predict(files[:8]))
         timed = {
@@ -108,7 +108,6 @@ def main() -> None:
             for name, fn in timed.items():
                 rates.setdefault(name, []).append(fn())
             print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()))
-    threads.shutdown()
     med = {k: statistics.median(v) for k, v in rates.items()}
     prep = max(v for k, v in med.items() if k.startswith("prepare"))
     ceiling = 1 / (1 / med["model only"] + 1 / prep)

@@ -121,14 +121,14 @@ class OpenVinoBackend:
         core = ov.Core()
         self.fixed = None  # (batch size, request, output) of the static copy
         try:
-            self.model = core.compile_model(str(model_file), "CPU", config)
+            m = core.read_model(str(model_file))
+            self.model = core.compile_model(m, "CPU", config)
             # The file keeps its dynamic batch; a second copy compiled for the scorer's own
             # batch size runs the full batches, since OpenVINO's CPU plugin picks faster
             # kernels for a static shape (model only 1.15-1.18x for mobilenet_v2, 1.07x for
             # resnet50, identical scores: docs/benchmarks.md). Other sizes (the last batch,
             # single requests) take the dynamic one.
             if batch and batch > 1:
-                m = core.read_model(str(model_file))
                 shape = m.input(0).get_partial_shape()
                 shape[0] = batch
                 m.reshape(shape)
