@@ -1,4 +1,5 @@
-"""Helpers of the experiment scripts under scripts/ that the suite does not run whole."""
+"""Helpers of the experiment scripts under scripts/ that the suite does not run whole, and how
+they recover."""
 
 from __future__ import annotations
 
@@ -52,3 +53,28 @@ def test_transfer_curve_keeps_every_epoch_end_commit_and_no_other(tmp_path):
         assert torch.equal(probe.weight, weight)
     # only the last commit is left in the run's own folder
     assert len(list(resume.glob("state-*.safetensors"))) == 1
+
+
+def test_paper_checks_go_on_with_a_fresh_pool_after_a_worker_dies(monkeypatch, tmp_path):
+    """scripts/paper_checks.py shares one process pool between its checks; a worker killed in
+    one check (here: it exits at once) breaks that pool, and the next check starts again on a
+    fresh one instead of failing too."""
+    import os
+
+    import paper_checks
+
+    done = []
+
+    def run_check(check, args, pool):
+        if check == "input_size":
+            try:
+                pool.submit(os._exit, 1).result()  # as run_sweep does: the failure is reported
+            except Exception as e:
+                done.append((check, type(e).__name__))
+            return
+        done.append((check, pool.submit(pow, 2, 3).result()))
+
+    monkeypatch.setattr(paper_checks, "run_check", run_check)
+    argv = ["input_size", "finetune", "--jobs", "1", "--out", str(tmp_path)]
+    assert paper_checks.main(argv) == 0
+    assert done == [("input_size", "BrokenProcessPool"), ("finetune", 8)]
