@@ -96,30 +96,72 @@ def test_openvino_int8_is_checked_and_calibrated(run_copy, onnx_fp32):
     assert scorer.backend.model.get_property("ENABLE_CPU_PINNING") is False
 
 
-def test_openvino_runs_full_batches_through_a_copy_compiled_for_them(run_copy, onnx_fp32, tmp_path):
-    """The exported file keeps its dynamic batch; the backend adds a copy compiled for the
-    scorer's batch size (OpenVINO picks faster kernels for a static shape) and sends other
-    sizes to the dynamic one. Both give the same scores."""
+def _openvino_of(onnx_fp32, tmp_path, batch):
+    """The ONNX export as OpenVINO reads it, behind the backend ``Scorer`` uses."""
     import openvino as ov
 
     from fakescope.scoring.engines import backend_of
 
-    model_file = tmp_path / "model.xml"  # the ONNX export as OpenVINO reads it
+    model_file = tmp_path / "model.xml"
     ov.save_model(ov.convert_model(str(onnx_fp32.model_file)), str(model_file))
-    backend = backend_of("openvino", model_file, batch=4)
-    batch, fixed, _ = backend.fixed
-    assert batch == 4 and fixed.get_compiled_model().input(0).get_partial_shape().is_static
-    assert backend.model.input(0).get_partial_shape()[0].is_dynamic
+    return backend_of("openvino", model_file, batch=batch)
+
+
+def test_openvino_splits_full_batches_across_two_streams(run_copy, onnx_fp32, tmp_path):
+    """The exported file keeps its dynamic batch; full batches of the scorer's size run in two
+    halves on a copy compiled for the half (a static shape, two streams) and other sizes on the
+    dynamic one. All give the same scores, also with more callers at once than requests."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from PIL import Image
 
+    backend = _openvino_of(onnx_fp32, tmp_path, batch=4)
+    batch, part, output = backend.fixed
+    assert (batch, part) == (4, 2) and backend.concurrency == 2
+    assert output.get_partial_shape().is_static and output.get_shape()[0] == 2
+    assert backend.model.input(0).get_partial_shape()[0].is_dynamic
     scorer = Scorer(backend, load_run(run_copy).spec, 4)
     images = [Image.open(p).convert("RGB") for p in sg_images("fake", n=2) + sg_images("real", n=2)]
     x = scorer.tensors(images)
     whole = backend.logits(x)
-    assert fixed.latency > 0 and backend.request.latency == 0  # the full batch: the copy
+    assert backend.request.latency == 0  # the full batch: the halves, not the dynamic model
     parts = torch.cat([backend.logits(x[:3]), backend.logits(x[3:])])
     assert backend.request.latency > 0  # the ragged ones: the dynamic model
     np.testing.assert_allclose(whole.numpy(), parts.numpy(), atol=1e-4)
+    # six callers, four requests, two per call: each call takes both of its halves or waits
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(backend.logits, x) for _ in range(18)]
+        got = [f.result(timeout=120) for f in futures]
+    assert all(torch.equal(g, whole) for g in got)
+
+
+def test_predict_keeps_two_batches_in_flight_and_torch_to_one_thread(run_copy, onnx_fp32, tmp_path):
+    """With OpenVINO's two streams, predict scores two batches at a time on their own threads:
+    rows stay in input order with the scores of a pipeline without threads. torch, which then
+    only makes input tensors, runs on one thread while the rows come and gets its threads back
+    after; with the torch runtime it keeps them."""
+    backend = _openvino_of(onnx_fp32, tmp_path, batch=4)
+    run = load_run(run_copy)
+    files = sg_images("fake", n=6) + sg_images("real", n=5)  # two full batches of 4, one of 3
+
+    def predictor(workers, scorer):
+        return Predictor(run, device="cpu", batch_size=4, faces="never", progress=False,
+                         workers=workers, scorer=scorer)  # fmt: skip
+
+    threads = torch.get_num_threads()
+    seen = []
+    piped = []
+    for row in predictor(2, Scorer(backend, run.spec, 4)).predict(files):
+        seen.append(torch.get_num_threads())
+        piped.append(row)
+    plain = list(predictor(0, Scorer(backend, run.spec, 4)).predict(files))
+    assert [r.path for r in piped] == [r.path for r in plain] == [str(f) for f in files]
+    assert [r.score for r in piped] == [r.score for r in plain]
+    assert set(seen) == {1} and torch.get_num_threads() == threads
+    if threads > 1:
+        own = Scorer.of_run(run, "cpu", 4, runtime="torch")
+        for _ in predictor(2, own).predict(files[:2]):
+            assert torch.get_num_threads() == threads
 
 
 def test_int8_that_misses_is_quantised_again_with_accuracy_control(run_copy, tmp_path, monkeypatch):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +19,7 @@ from PIL import Image
 
 from ..config import DEFAULT_FACE_MARGIN
 from ..errors import FakescopeError
+from ..model.runtime import threads_cut
 
 FACE_MODES = ("auto", "always", "never")
 
@@ -176,18 +176,12 @@ def crop_face(
     return Image.fromarray(out)
 
 
-@contextmanager
 def one_opencv_thread():
     """OpenCV's own thread pool cut to one thread for the duration. The prediction pipeline
     already runs one file per worker thread; OpenCV splitting each small detection across the
     cores again only made the threads contend (9 % fewer images/s end to end on 2 cores,
     docs/benchmarks.md). The setting is process-wide, so it is put back afterwards."""
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(before)
+    return threads_cut(cv2.getNumThreads, cv2.setNumThreads)
 
 
 class QuickTightTest:

@@ -43,6 +43,27 @@ def cpu_summary() -> str:
     return f"{torch.get_num_threads()} threads, " + (" ".join(keep) or "flags unknown")
 
 
+@contextlib.contextmanager
+def threads_cut(get, set_, n: int = 1):
+    """A process-wide thread count (``get``/``set_``: torch's, OpenCV's) cut to ``n`` for the
+    duration and put back afterwards."""
+    before = get()
+    set_(n)
+    try:
+        yield
+    finally:
+        set_(before)
+
+
+def one_torch_thread():
+    """torch's intra-op threads cut to one for the duration. For the prediction pipeline when
+    an exported runtime scores: torch then only makes input tensors, one file per worker
+    thread, and splitting each resize across the cores again made the workers contend with the
+    network (end to end 1.05x with one thread, OpenVINO int8, mobilenet_v2;
+    docs/benchmarks.md, session 18)."""
+    return threads_cut(torch.get_num_threads, torch.set_num_threads)
+
+
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
 

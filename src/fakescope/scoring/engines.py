@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +109,11 @@ class OnnxBackend:
 class OpenVinoBackend:
     tta_inside = True
     runtime = None
+    STREAMS = 2
+    # How many ``logits`` calls in flight at once pay off (``Predictor.predict`` and
+    # ``bench.scoring_rate`` use it): with full batches split across two streams (below), two
+    # calls from two threads keep both streams busy while either waits for its other half.
+    concurrency = 1
 
     def __init__(self, model_file: Path, threads: int | None = None, batch: int | None = None):
         import openvino as ov
@@ -119,34 +126,60 @@ class OpenVinoBackend:
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         core = ov.Core()
-        self.fixed = None  # (batch size, request, output) of the static copy
+        self.fixed = None  # (batch size, part size, its "logit" output) for full batches
+        self._parts: queue.SimpleQueue = queue.SimpleQueue()  # its idle infer requests
+        self._lock = threading.Lock()  # the dynamic model's one request
+        self._taking = threading.Lock()  # a call takes all its parts' requests or none yet
         try:
             m = core.read_model(str(model_file))
             self.model = core.compile_model(m, "CPU", config)
-            # The file keeps its dynamic batch; a second copy compiled for the scorer's own
-            # batch size runs the full batches, since OpenVINO's CPU plugin picks faster
-            # kernels for a static shape (model only 1.15-1.18x for mobilenet_v2, 1.07x for
-            # resnet50, identical scores: docs/benchmarks.md). Other sizes (the last batch,
-            # single requests) take the dynamic one.
+            # The file keeps its dynamic batch. Full batches run on a second copy compiled for
+            # a static shape (OpenVINO's CPU plugin picks faster kernels for one: model only
+            # 1.15-1.18x for mobilenet_v2, 1.07x for resnet50) and split in two halves on two
+            # streams, each on its share of the cores, so a pipeline thread that takes a core
+            # stalls one half, not a network spread over all (end to end 1.10x, mobilenet_v2,
+            # identical scores: docs/benchmarks.md, session 18). Other sizes (the last batch,
+            # single requests in `serve`) take the dynamic copy on all cores, for latency.
             if batch and batch > 1:
+                streams = self.STREAMS if batch % self.STREAMS == 0 else 1
+                part = batch // streams
                 shape = m.input(0).get_partial_shape()
-                shape[0] = batch
+                shape[0] = part
                 m.reshape(shape)
-                fixed = core.compile_model(m, "CPU", config)
-                self.fixed = (batch, fixed.create_infer_request(), fixed.output("logit"))
+                fixed = core.compile_model(
+                    m, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams}
+                )
+                self.concurrency = 2
+                for _ in range(streams * self.concurrency):
+                    self._parts.put(fixed.create_infer_request())
+                self.fixed = (batch, part, fixed.output("logit"))
         except Exception as e:  # OpenVINO raises RuntimeError with its own text
             raise FakescopeError(f"{model_file}: OpenVINO cannot load it ({e})") from None
         self.request = self.model.create_infer_request()
         self.output = self.model.output("logit")
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        request, output = self.request, self.output
-        if self.fixed is not None and len(x) == self.fixed[0]:
-            _, request, output = self.fixed
         # shared, not copied into the request: one 17 MB copy fewer per batch at 299 px; the
-        # call is synchronous, so the array outlives its use
-        out = request.infer([np.ascontiguousarray(x.numpy())], share_inputs=True)[output]
-        return torch.from_numpy(np.asarray(out, np.float32).reshape(-1).copy())
+        # calls are waited for here, so the array outlives its use
+        a = np.ascontiguousarray(x.numpy())
+        if self.fixed is not None and len(a) == self.fixed[0]:
+            _, part, output = self.fixed
+            with self._taking:  # else callers each holding one part could wait for ever
+                requests = [self._parts.get() for _ in range(0, len(a), part)]
+            try:
+                for i, r in enumerate(requests):
+                    r.start_async([a[i * part : (i + 1) * part]], share_inputs=True)
+                out = []
+                for r in requests:
+                    r.wait()
+                    out.append(np.asarray(r.get_tensor(output).data, np.float32).reshape(-1))
+                return torch.from_numpy(np.concatenate(out))  # concatenate copies
+            finally:
+                for r in requests:
+                    self._parts.put(r)
+        with self._lock:
+            out = self.request.infer([a], share_inputs=True)[self.output]
+            return torch.from_numpy(np.asarray(out, np.float32).reshape(-1).copy())
 
 
 def backend_of(

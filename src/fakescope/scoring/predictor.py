@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,19 +227,29 @@ class Predictor:
         A pipeline: ``workers`` threads decode files, run the face stage and make the model's
         input tensors ahead of the scorer (decoding, resizing, the detectors and the network
         all release the GIL), at most ``4 * batch_size`` files ahead; a batch is formed from
-        the files that are ready in order, so neither the cores nor the model wait."""
+        the files that are ready in order, so neither the cores nor the model wait. Where the
+        backend gains from calls in flight at once (``concurrency``: OpenVINO's two streams),
+        that many batches are scored at a time on their own threads. While the generator is
+        open, OpenCV (and torch, when an export scores) run on one thread each, process-wide."""
         files = list_files(paths)
         if not files:
             raise FakescopeError("no input files found")
         bar = tqdm(total=len(files), desc="predicting", unit="file", disable=not self.progress)
         pool = ThreadPoolExecutor(self.workers, "prepare") if self.workers else _Inline()
-        threads = nullcontext()
+        inflight = max(1, getattr(self.scorer.backend, "concurrency", 1)) if self.workers else 1
+        scoring = ThreadPoolExecutor(inflight, "score") if inflight > 1 else _Inline()
+        threads = ExitStack()
         if self._cropper is not None and self.workers > 1:
             from ..data.faces import one_opencv_thread
 
-            threads = one_opencv_thread()
-        with pool, threads:
-            ahead = deque()
+            threads.enter_context(one_opencv_thread())
+        if self.workers and self.scorer.runtime is None and explain_dir is None:
+            # torch only makes input tensors here (Grad-CAM would run the network in torch)
+            from ..model.runtime import one_torch_thread
+
+            threads.enter_context(one_torch_thread())
+        with pool, scoring, threads:
+            ahead, scored = deque(), deque()
             todo = iter(files)
             window = 4 * max(1, self.batch_size)
 
@@ -250,13 +260,8 @@ class Predictor:
                         return
                     ahead.append(pool.submit(self._prepare_tensors, f))
 
-            fill()
-            while ahead:
-                preps = [ahead.popleft().result()]
-                while ahead and sum(len(p.units) for p in preps) < self.batch_size:
-                    preps.append(ahead.popleft().result())
-                fill()  # the workers go on while this batch is scored
-                scores = iter(self._score_prepared(preps))
+            def finish(preps, scores):
+                scores = iter(scores)
                 for prep in preps:
                     rows = self.finish_file(prep, [next(scores) for _ in prep.units])
                     if explain_dir is not None and prep.units:
@@ -265,6 +270,20 @@ class Predictor:
                         write_overlays(self, prep.units, Path(explain_dir))  # row.explanation
                     yield from rows
                 bar.update(len(preps))
+
+            fill()
+            while ahead:
+                preps = [ahead.popleft().result()]
+                while ahead and sum(len(p.units) for p in preps) < self.batch_size:
+                    preps.append(ahead.popleft().result())
+                fill()  # the workers go on while this batch is scored
+                scored.append((preps, scoring.submit(self._score_prepared, preps)))
+                while len(scored) >= inflight:
+                    done, future = scored.popleft()
+                    yield from finish(done, future.result())
+            while scored:
+                done, future = scored.popleft()
+                yield from finish(done, future.result())
         bar.close()
 
     def _prepare_tensors(self, path: Path) -> Prepared:
