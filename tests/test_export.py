@@ -102,6 +102,7 @@ def _openvino_of(onnx_fp32, tmp_path, batch):
 
     from fakescope.scoring.engines import backend_of
 
+    tmp_path.mkdir(exist_ok=True)
     model_file = tmp_path / "model.xml"
     ov.save_model(ov.convert_model(str(onnx_fp32.model_file)), str(model_file))
     return backend_of("openvino", model_file, batch=batch)
@@ -118,6 +119,8 @@ def test_openvino_splits_full_batches_across_two_streams(run_copy, onnx_fp32, tm
     backend = _openvino_of(onnx_fp32, tmp_path, batch=4)
     batch, part, output = backend.fixed
     assert (batch, part) == (4, 2) and backend.concurrency == 2
+    # bigger batches in parts of at most 4 (a stream's working set in its core's cache)
+    assert _openvino_of(onnx_fp32, tmp_path / "b16", batch=16).fixed[:2] == (16, 4)
     assert output.get_partial_shape().is_static and output.get_shape()[0] == 2
     assert backend.model.input(0).get_partial_shape()[0].is_dynamic
     scorer = Scorer(backend, load_run(run_copy).spec, 4)

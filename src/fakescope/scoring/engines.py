@@ -110,6 +110,7 @@ class OpenVinoBackend:
     tta_inside = True
     runtime = None
     STREAMS = 2
+    PART = 4  # images per request at most: see __init__
     # How many ``logits`` calls in flight at once pay off (``Predictor.predict`` and
     # ``bench.scoring_rate`` use it): with full batches split across two streams (below), two
     # calls from two threads keep both streams busy while either waits for its other half.
@@ -135,14 +136,18 @@ class OpenVinoBackend:
             self.model = core.compile_model(m, "CPU", config)
             # The file keeps its dynamic batch. Full batches run on a second copy compiled for
             # a static shape (OpenVINO's CPU plugin picks faster kernels for one: model only
-            # 1.15-1.18x for mobilenet_v2, 1.07x for resnet50) and split in two halves on two
-            # streams, each on its share of the cores, so a pipeline thread that takes a core
-            # stalls one half, not a network spread over all (end to end 1.10x, mobilenet_v2,
-            # identical scores: docs/benchmarks.md, session 18). Other sizes (the last batch,
+            # 1.15-1.18x for mobilenet_v2, 1.07x for resnet50), split in parts of at most PART
+            # images run by two streams, each on its share of the cores. A pipeline thread
+            # that takes a core then stalls one stream, not a network spread over all (end to
+            # end 1.10x for mobilenet_v2), and parts of 4 keep a stream's working set in its
+            # core's cache (model only 1.05x against halves of 8, resnet50 1.06x); the scores
+            # are identical (docs/benchmarks.md, session 18). Other sizes (the last batch,
             # single requests in `serve`) take the dynamic copy on all cores, for latency.
             if batch and batch > 1:
                 streams = self.STREAMS if batch % self.STREAMS == 0 else 1
                 part = batch // streams
+                while part > self.PART and part % 2 == 0:
+                    part //= 2
                 shape = m.input(0).get_partial_shape()
                 shape[0] = part
                 m.reshape(shape)
@@ -150,7 +155,7 @@ class OpenVinoBackend:
                     m, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams}
                 )
                 self.concurrency = 2
-                for _ in range(streams * self.concurrency):
+                for _ in range(batch // part * self.concurrency):
                     self._parts.put(fixed.create_infer_request())
                 self.fixed = (batch, part, fixed.output("logit"))
         except Exception as e:  # OpenVINO raises RuntimeError with its own text
