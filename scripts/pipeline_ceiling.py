@@ -23,7 +23,7 @@ import torch
 from fakescope.bench import scoring_rate, spread
 from fakescope.data.faces import one_opencv_thread
 from fakescope.data.images import list_files
-from fakescope.model.runtime import cpu_summary
+from fakescope.model.runtime import cpu_summary, one_torch_thread
 from fakescope.scoring.predictor import Predictor
 
 _worker: Predictor | None = None
@@ -80,17 +80,12 @@ def main() -> None:
     threads = ThreadPoolExecutor(a.workers)  # the pipeline's own pool is inside predict
 
     def threaded(paths):
-        with one_opencv_thread():  # as the pipeline runs its workers
+        with one_opencv_thread(), one_torch_thread():  # as predict runs its workers
             return list(threads.map(lambda f: _prepare(pred, f), paths))
 
     def one_thread(paths):
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with one_opencv_thread():
-                return [_prepare(pred, f) for f in paths]
-        finally:
-            torch.set_num_threads(before)
+        with one_opencv_thread(), one_torch_thread():
+            return [_prepare(pred, f) for f in paths]
 
     with threads, ProcessPoolExecutor(a.workers, ctx, _start_worker, (a.run, a.faces)) as procs:
         list(procs.map(_prepare_chunk, [h[:2] for h in shares]))  # start-up, not timed

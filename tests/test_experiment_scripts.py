@@ -78,3 +78,29 @@ def test_paper_checks_go_on_with_a_fresh_pool_after_a_worker_dies(monkeypatch, t
     argv = ["input_size", "finetune", "--jobs", "1", "--out", str(tmp_path)]
     assert paper_checks.main(argv) == 0
     assert done == [("input_size", "BrokenProcessPool"), ("finetune", 8)]
+
+
+def test_pipeline_ceiling_prints_end_to_end_against_the_ceiling(tmp_path):
+    """scripts/pipeline_ceiling.py on a tiny run: every way of preparing is timed (one thread,
+    threads, processes, with predict's thread settings), and end to end is set against the
+    ceiling the fastest of them and the model allow."""
+    import os
+    import subprocess
+
+    from .conftest import SG
+    from .test_training_options import tiny_run
+
+    run = tiny_run(tmp_path / "run")
+    script = str(ROOT / "scripts" / "pipeline_ceiling.py")
+    args = ["--data", str(SG), "--faces", "never", "--limit", "8", "--batch", "4", "--rounds", "1"]
+    cmd = [sys.executable, script, "--run", str(run), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout
+    for row in ("model only", "prepare, one thread", "prepare, 2 threads", "prepare, 2 processes",
+                "end to end (predict)"):  # fmt: skip
+        assert f"  {row}" in out
+    last = out.strip().splitlines()[-1]
+    assert last.lstrip().startswith("ceiling 1/(1/model + 1/prepare)") and "x of it" in last
+    assert "threads, " in out.splitlines()[0]  # the CPU beside the figures
