@@ -21,9 +21,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import torch
 
 from fakescope.bench import scoring_rate, spread
-from fakescope.data.faces import one_opencv_thread
 from fakescope.data.images import list_files
-from fakescope.model.runtime import cpu_summary, one_torch_thread
+from fakescope.model.runtime import cpu_summary
 from fakescope.scoring.predictor import Predictor
 
 _worker: Predictor | None = None
@@ -80,11 +79,11 @@ def main() -> None:
     threads = ThreadPoolExecutor(a.workers)  # the pipeline's own pool is inside predict
 
     def threaded(paths):
-        with one_opencv_thread(), one_torch_thread():  # as predict runs its workers
+        with pred.worker_threads():  # as predict runs its workers
             return list(threads.map(lambda f: _prepare(pred, f), paths))
 
     def one_thread(paths):
-        with one_opencv_thread(), one_torch_thread():
+        with pred.worker_threads():
             return [_prepare(pred, f) for f in paths]
 
     with threads, ProcessPoolExecutor(a.workers, ctx, _start_worker, (a.run, a.faces)) as procs:

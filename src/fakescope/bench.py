@@ -72,7 +72,7 @@ def training_steps(
 def scoring_rate(scorer: Scorer, x: torch.Tensor, iters: int) -> float:
     """Images per second of ``scorer`` on batch ``x`` (one warm-up batch first), with as many
     calls in flight at once as its backend gains from (``concurrency``), as ``predict`` has."""
-    n = max(1, getattr(scorer.backend, "concurrency", 1))
+    n = scorer.concurrency
     scorer.score_tensors(x)
     t = time.perf_counter()
     if n == 1:

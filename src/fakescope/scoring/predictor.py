@@ -236,19 +236,9 @@ class Predictor:
             raise FakescopeError("no input files found")
         bar = tqdm(total=len(files), desc="predicting", unit="file", disable=not self.progress)
         pool = ThreadPoolExecutor(self.workers, "prepare") if self.workers else _Inline()
-        inflight = max(1, getattr(self.scorer.backend, "concurrency", 1)) if self.workers else 1
+        inflight = self.scorer.concurrency if self.workers else 1
         scoring = ThreadPoolExecutor(inflight, "score") if inflight > 1 else _Inline()
-        threads = ExitStack()
-        if self._cropper is not None and self.workers > 1:
-            from ..data.faces import one_opencv_thread
-
-            threads.enter_context(one_opencv_thread())
-        if self.workers and self.scorer.runtime is None and explain_dir is None:
-            # torch only makes input tensors here (Grad-CAM would run the network in torch)
-            from ..model.runtime import one_torch_thread
-
-            threads.enter_context(one_torch_thread())
-        with pool, scoring, threads:
+        with pool, scoring, self.worker_threads(explain=explain_dir is not None):
             ahead, scored = deque(), deque()
             todo = iter(files)
             window = 4 * max(1, self.batch_size)
@@ -285,6 +275,22 @@ class Predictor:
                 done, future = scored.popleft()
                 yield from finish(done, future.result())
         bar.close()
+
+    def worker_threads(self, explain: bool = False) -> ExitStack:
+        """The library thread pools cut to one thread while ``predict``'s workers run, since
+        each worker already takes one file: OpenCV's when the face stage is on, torch's when an
+        export scores (torch then only makes input tensors; with ``explain`` Grad-CAM runs the
+        network in torch). Process-wide settings, put back when the context ends."""
+        threads = ExitStack()
+        if self._cropper is not None and self.workers > 1:
+            from ..data.faces import one_opencv_thread
+
+            threads.enter_context(one_opencv_thread())
+        if self.workers and self.scorer.runtime is None and not explain:
+            from ..model.runtime import one_torch_thread
+
+            threads.enter_context(one_torch_thread())
+        return threads
 
     def _prepare_tensors(self, path: Path) -> Prepared:
         prep = self.prepare_file(path)

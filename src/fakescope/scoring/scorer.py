@@ -91,6 +91,11 @@ class Scorer:
     def runtime(self) -> Runtime | None:
         return getattr(self.backend, "runtime", None)
 
+    @property
+    def concurrency(self) -> int:
+        """How many ``score_tensors`` calls in flight at once pay off (OpenVINO's streams: 2)."""
+        return max(1, getattr(self.backend, "concurrency", 1))
+
     def torch_runtime(self) -> Runtime:
         """Where the run's own network runs beside an export (Grad-CAM needs its layers)."""
         return self.runtime or select_runtime("cpu", precision=self.spec.precision)
