@@ -331,7 +331,7 @@ def test_the_second_cascade_answers_where_the_first_found_nothing():
     from fakescope.data.faces import QuickTightTest
 
     im = Image.open(ffhq(6, "real")[5]).convert("RGB")
-    both, first = QuickTightTest(), QuickTightTest()
+    both, first = QuickTightTest(lbp=False), QuickTightTest(lbp=False)
     first.CASCADES = QuickTightTest.CASCADES[:1]
     assert first.tight_face(im) is None
     assert both.tight_face(im) is not None
@@ -343,7 +343,7 @@ def test_the_third_pass_answers_where_the_first_two_found_nothing():
     would have had to decide."""
     from fakescope.data.faces import QuickTightTest
 
-    all3, two = QuickTightTest(), QuickTightTest()
+    all3, two = QuickTightTest(lbp=False), QuickTightTest(lbp=False)
     two.CASCADES = QuickTightTest.CASCADES[:2]
     for name in ("00173.jpg", "00647.jpg", "01040.jpg"):
         im = Image.open(FFHQ_REAL / name).convert("RGB")
@@ -352,6 +352,64 @@ def test_the_third_pass_answers_where_the_first_two_found_nothing():
         assert face is not None, name
         cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
         assert abs(cx / im.width - 0.5) < 0.25 and abs(cy / im.height - 0.5) < 0.25
+
+
+def test_the_quick_test_leaves_a_face_on_the_edge_of_its_bound_to_mtcnn(detector):
+    """A face crop pasted onto one half of a wide canvas has its centre a quarter of the width
+    off centre, the rule's own bound: MTCNN's box lies just outside it, so "auto" crops the
+    face. The Haar box, a little off MTCNN's, lay just inside, and the quick test used to call
+    the whole canvas a crop; its own bound is now 0.2."""
+    from fakescope.data.faces import QuickTightTest
+
+    cropper = FaceCropper("auto", detector=detector, quick_test=False)
+    for name, x in (("00002.jpg", 0), ("00003.jpg", 300)):
+        canvas = Image.new("RGB", (600, 400), (30, 60, 90))
+        canvas.paste(Image.open(FFHQ_REAL / name).convert("RGB").resize((300, 300)), (x, 50))
+        assert cropper.tight_face(canvas, cropper.faces(canvas)) is None, name
+        for lbp in (False, True):
+            assert QuickTightTest(lbp=lbp).tight_face(canvas) is None, (name, lbp)
+
+
+def test_the_lbp_pass_answers_most_face_crops_alone_and_no_group_photo(group):
+    """The LBP cascade, where one is installed (CI installs Debian's opencv-data), is asked
+    first: on its own it must answer most face crops, or it only adds its cost, and it must not
+    take a group photo or a faceless image for a crop."""
+    from fakescope.data.faces import QuickTightTest, lbp_cascade_file
+
+    if lbp_cascade_file() is None:
+        if os.environ.get("CI"):
+            pytest.fail("no LBP cascade installed: .ci/run installs Debian's opencv-data")
+        pytest.skip("no LBP cascade installed (Debian: apt install opencv-data)")
+    lbp_only = QuickTightTest()
+    lbp_only.CASCADES = ()
+    assert lbp_only.describe() == "LBP, then Haar cascades"
+    crops = [Image.open(p).convert("RGB") for p in ffhq(8, "real") + ffhq(8, "fake")]
+    answered = [lbp_only.tight_face(im) for im in crops]
+    assert sum(f is not None for f in answered) >= 12
+    haar = QuickTightTest(lbp=False)
+    for im, f in zip(crops, answered, strict=True):
+        if f is not None:  # the same answer as the Haar passes, about the same face
+            h = haar.tight_face(im)
+            assert h is not None and iou(f.box, h.box) > 0.5
+    assert lbp_only.tight_face(group[0]) is None
+    assert all(lbp_only.tight_face(im) is None for im in no_face_images())
+
+
+def test_the_lbp_cascade_is_named_turned_off_or_refused(tmp_path, monkeypatch):
+    from fakescope.data.faces import LBP_CASCADE_ENV, QuickTightTest, lbp_cascade_file
+
+    monkeypatch.setenv(LBP_CASCADE_ENV, "")
+    assert lbp_cascade_file() is None and QuickTightTest().lbp is None
+    assert QuickTightTest().describe() == "Haar cascades"
+    bad = tmp_path / "cascade.xml"
+    bad.write_text("<opencv_storage></opencv_storage>")
+    monkeypatch.setenv(LBP_CASCADE_ENV, str(bad))
+    with pytest.raises(FakescopeError, match="cascade.xml: not a cascade file"):
+        FaceCropper("auto")
+    monkeypatch.setenv(LBP_CASCADE_ENV, str(tmp_path / "missing.xml"))
+    with pytest.raises(FakescopeError, match="missing.xml: not a cascade file"):
+        QuickTightTest()
+    assert "quick_test" not in FaceCropper("never").describe()
 
 
 def test_one_opencv_thread_is_put_back():
