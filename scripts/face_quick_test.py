@@ -1,30 +1,67 @@
-"""How the "auto" face stage's quick Haar test agrees with MTCNN, and what it saves (docs/faces.md).
+"""How the "auto" face stage's quick test agrees with MTCNN, and what it saves (docs/faces.md).
 
-    python scripts/face_quick_test.py [--per-class 60] [--data ../shared/data]
+    python scripts/face_quick_test.py [--per-class 60] [--composites 100] [--data ../shared/data]
 
-For the first N images of each class of each sample set: is the image a face crop by MTCNN's
-rule alone, and by the quick test; the disagreements in both directions, and each one's rate
-(one thread, images decoded beforehand).
+For the first N images of each class of each sample set (0: all), and for composed non-crops
+(faces pasted small, in a 2x2 grid, on one half of a wide canvas, three in a row): is the image
+a face crop by MTCNN's rule alone, and by the quick test with and without its LBP pass; the
+disagreements in both directions, and each one's time per image (one thread, images decoded
+beforehand).
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
-from fakescope.data.faces import FaceCropper, MTCNNDetector, QuickTightTest
+from fakescope.data.faces import FaceCropper, MTCNNDetector, QuickTightTest, lbp_cascade_file
 from fakescope.data.images import list_files, load_rgb
 from fakescope.model.runtime import cpu_summary
+
+KINDS = ("small face on a blurred photo", "2x2 grid", "one half of a wide canvas", "three in a row")
+
+
+def composites(ims: list, n: int, seed: int = 0) -> list:
+    """Non-crops made of the sample's faces, the kinds in turn. The blurred photo behind the
+    small face is itself a face, blurred past what MTCNN finds but not past Haar."""
+    rng = random.Random(seed)
+
+    def face(side: int) -> Image.Image:
+        return ims[rng.randrange(len(ims))].resize((side, side))
+
+    out = []
+    for i in range(n):
+        kind = i % len(KINDS)
+        if kind == 0:
+            c = face(32).resize((512, 512))
+            c.paste(face(200), (rng.randrange(0, 312), rng.randrange(0, 312)))
+        elif kind == 1:
+            c = Image.new("RGB", (512, 512), (128, 128, 128))
+            for j in range(4):
+                c.paste(face(256), ((j % 2) * 256, (j // 2) * 256))
+        elif kind == 2:
+            c = Image.new("RGB", (600, 400), (30, 60, 90))
+            c.paste(face(300), (rng.choice([0, 300]), 50))
+        else:
+            c = Image.new("RGB", (768, 300), (200, 200, 200))
+            for j in range(3):
+                c.paste(face(220), (j * 256 + 18, 40))
+        out.append(c)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--per-class", type=int, default=60)
+    ap.add_argument("--per-class", type=int, default=60, help="0: every image")
+    ap.add_argument("--composites", type=int, default=100)
+    ap.add_argument("--mtcnn-layouts", action="store_true", help="also time MTCNN's layouts")
     here = Path(__file__).resolve().parents[1]
     ap.add_argument("--data", default=str(here.parent / "shared" / "data"))
     a = ap.parse_args()
@@ -33,22 +70,39 @@ def main() -> None:
     files = []
     for d in ("sg-ffhq", "lfw-faceswap"):
         for c in ("real", "fake"):
-            files += list_files([Path(a.data) / d / c])[: a.per_class]
+            found = list_files([Path(a.data) / d / c])
+            files += found[: a.per_class] if a.per_class else found
     ims = [load_rgb(f) for f in files]
-    mtcnn, quick = FaceCropper("auto", quick_test=False), QuickTightTest()
+    made = composites(ims, a.composites)
+    n = len(ims)
+    mtcnn = FaceCropper("auto", quick_test=False)
     t = time.perf_counter()
-    ref = np.array([mtcnn.tight_face(im, mtcnn.faces(im)) is not None for im in ims])
-    t_ref = time.perf_counter() - t
-    t = time.perf_counter()
-    fast = np.array([quick.tight_face(im) is not None for im in ims])
-    t_fast = time.perf_counter() - t
-    print(f"{len(ims)} images ({cpu_summary()}, one thread)")
-    print(f"  MTCNN: {ref.sum()} face crops, {len(ims) / t_ref:.1f} img/s")
-    print(f"  quick test: {fast.sum()} face crops, {len(ims) / t_fast:.1f} img/s "
-          f"({t_ref / t_fast:.1f}x)")  # fmt: skip
-    print(f"  quick says crop, MTCNN not: {(fast & ~ref).sum()}; "
-          f"MTCNN says crop, quick not (MTCNN decides): {(ref & ~fast).sum()}")  # fmt: skip
-    layouts(ims)
+    ref = np.array([mtcnn.tight_face(im, mtcnn.faces(im)) is not None for im in ims + made])
+    t_ref = (time.perf_counter() - t) / len(ref)
+    print(f"{n} sample images and {len(made)} composed non-crops ({cpu_summary()}, one thread)")
+    print(f"  MTCNN: {ref[:n].sum()} of the sample and {ref[n:].sum()} of the composed are "
+          f"face crops by the rule, {1e3 * t_ref:.2f} ms per image")  # fmt: skip
+    variants = [("Haar cascades", QuickTightTest(lbp=False))]
+    if lbp_cascade_file():
+        variants.append(("LBP, then Haar", QuickTightTest(lbp=True)))
+    else:
+        print("  (no LBP cascade installed: Debian's opencv-data has one)")
+    for name, quick in variants:
+        t = time.perf_counter()
+        fast = np.array([quick.tight_face(im) is not None for im in ims + made])
+        ms = 1e3 * (time.perf_counter() - t) / len(fast)
+        left = n - fast[:n].sum()
+        wrong = fast & ~ref
+        by_kind = ", ".join(
+            f"{k} {wrong[n + i :: len(KINDS)].sum()}" for i, k in enumerate(KINDS)
+        )  # fmt: skip
+        print(f"  quick test, {name}: {ms:.3f} ms per image; answers {fast[:n].sum()} of the "
+              f"sample, leaves {left} to MTCNN ({ms + 1e3 * t_ref * left / n:.3f} ms per "
+              f"sample image with MTCNN for those)")  # fmt: skip
+        print(f"    says crop, MTCNN not: sample {wrong[:n].sum()}; composed {wrong[n:].sum()} "
+              f"({by_kind}); MTCNN says crop, quick not: {(ref & ~fast)[:n].sum()}")  # fmt: skip
+    if a.mtcnn_layouts:
+        layouts(ims)
 
 
 def layouts(ims) -> None:
