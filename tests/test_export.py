@@ -260,12 +260,17 @@ def test_bench_e2e_times_every_runtime_against_the_eager_baseline(run_copy, onnx
     rows = run_e2e_bench(run_copy, SG / "real", faces="never", limit=8, batch=4, iters=1, rounds=2)
     names = [r["runtime"] for r in rows]
     assert names[0].startswith("torch fp32 eager") and rows[0]["ratio"] == 1.0
-    # the plain baseline (measured first) and the same network once malloc keeps memory
+    # the plain baseline and the same network once malloc keeps memory
     assert "plain malloc" in names[0] and "malloc kept" in names[1]
     assert "onnx-fp32" in names and any(n.startswith("torch cpu") for n in names)
     assert all(r["e2e"] > 0 and r["model"] > 0 for r in rows)
     # two rounds, taking turns: the median of two rates lies between them
     assert all(len(r["e2e_all"]) == len(r["model_all"]) == 2 for r in rows)
+    # the plain baseline too (it runs in a child process, whose malloc fakescope leaves as it
+    # is): each round starts with it, after every runtime's round before
+    starts = [r["started"] for r in rows]
+    assert starts[0][0] < min(s[0] for s in starts[1:])
+    assert max(s[0] for s in starts[1:]) < starts[0][1] < min(s[1] for s in starts[1:])
     assert all(min(r["e2e_all"]) <= r["e2e"] <= max(r["e2e_all"]) for r in rows)
     assert all(r["of_model"] == pytest.approx(r["e2e"] / r["model"]) for r in rows)
     out = capsys.readouterr().out

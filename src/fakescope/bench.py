@@ -7,10 +7,11 @@ compare malloc settings and process counts, and the tests all measure through it
 
 from __future__ import annotations
 
+import multiprocessing
 import resource
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -221,18 +222,38 @@ def face_stage_rate(files: list, quick: bool, n: int = 60) -> float:
     return len(ims) / (time.perf_counter() - t)
 
 
+_PLAIN: dict = {}  # the bench's child process: its plain-baseline predictor, built once
+
+
+def _plain_round(run_path: str, files: list, faces: str, batch: int, iters: int):
+    """One round of the plain baseline, (model only, end to end) in images/s. It runs in the
+    bench's own child process, where malloc stays as the C library sets it: the parent's fast
+    runtime makes malloc keep freed memory for good, so there the baseline could only be timed
+    before everything else. In the child its rounds take turns with the others'."""
+    from .runs import load_run
+    from .scoring.predictor import Predictor
+
+    if not _PLAIN:
+        run = load_run(run_path)
+        scorer = Scorer(_Eager(run.model, select_runtime("cpu", fast=False)), run.spec, batch)
+        _PLAIN["pred"] = Predictor(run, device="cpu", batch_size=batch, faces=faces,
+                                   progress=False, workers=0, scorer=scorer)  # fmt: skip
+        _PLAIN["x"] = torch.randn(batch, 3, run.input_size, run.input_size)
+    pred = _PLAIN["pred"]
+    return scoring_rate(pred.scorer, _PLAIN["x"], iters), _e2e(pred, files)
+
+
 def run_e2e_bench(
     run, data, faces="auto", limit=0, batch=16, workers=2, iters=3, rounds=1
 ) -> list[dict]:
     """``fakescope bench --e2e``: images/s from files to verdicts for each runtime the run has
     (torch, and every checked export), the model-only rate of each beside it, and the baseline
-    (the run's network in fp32 eager, files prepared one after another) measured in the same
-    process, first in plain form (malloc as the C library sets it, as in a user's own script)
-    and again once fakescope's fast runtime has made malloc keep freed memory; then the face
-    stage alone, with and without its quick test. With ``rounds`` > 1 every runtime is timed
-    that many times, taking turns (the plain baseline's rounds come first, since the malloc
-    setting cannot be undone), and the medians are reported: a shared machine drifts by 10-15 %
-    within minutes (docs/benchmarks.md)."""
+    (the run's network in fp32 eager, files prepared one after another), first in plain form
+    (malloc as the C library sets it, as in a user's own script; timed in a child process) and
+    again once fakescope's fast runtime has made malloc keep freed memory; then the face stage
+    alone, with and without its quick test. With ``rounds`` > 1 every runtime is timed that
+    many times, taking turns, the plain baseline first in each round, and the medians are
+    reported: a shared machine drifts by 10-15 % within minutes (docs/benchmarks.md)."""
     from .data.images import list_files
     from .runs import load_run
     from .scoring.engines import artifacts, backend_of
@@ -259,17 +280,19 @@ def run_e2e_bench(
     times: dict[str, dict[str, list[float]]] = {}
 
     def measure(name, pred):
-        t = times.setdefault(name, {"model": [], "e2e": []})
+        t = times.setdefault(name, {"model": [], "e2e": [], "at": []})
+        t["at"].append(time.monotonic())
         t["model"].append(scoring_rate(pred.scorer, x, iters))
         t["e2e"].append(_e2e(pred, files))
 
-    # The baseline first, all its rounds, before anything selects the fast runtime: that makes
-    # malloc keep freed memory for the whole process and for good, which a user's own torch
-    # script would not have, and which alone made the eager pipeline 2-3x faster (mobilenet_v2
-    # 10.4 -> 31.9 img/s end to end, resnet50 3.5 -> 7.1; docs/benchmarks.md).
+    # The plain baseline runs in a child process: the fast runtime selected below makes malloc
+    # keep freed memory for this whole process and for good, which a user's own torch script
+    # would not have, and which alone made the eager pipeline 2-3x faster (mobilenet_v2 10.4 ->
+    # 31.9 img/s end to end, resnet50 3.5 -> 7.1; docs/benchmarks.md).
+    baseline = "torch fp32 eager, one file at a time, plain malloc (baseline)"
+    times[baseline] = {"model": [], "e2e": [], "at": []}
+    child = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     plain = predictor(_Eager(run.model, select_runtime("cpu", fast=False)), 0)
-    for _ in range(max(1, rounds)):
-        measure("torch fp32 eager, one file at a time, plain malloc (baseline)", plain)
     fast = select_runtime("cpu", precision=run.spec.precision)  # from here on malloc keeps memory
     rows = [
         ("torch fp32 eager, one file at a time, malloc kept", plain),
@@ -285,15 +308,21 @@ def run_e2e_bench(
         )
         peers[art.name] = Scorer(backend_of(art.runtime, art.model_file), run.spec, batch)
     peer_rates: dict[str, list[float]] = {name: [] for name in peers}
-    for _ in range(max(1, rounds)):
-        for name, pred in rows:
-            measure(name, pred)
-            if name in peers:
-                peer_rates[name].append(scoring_rate(peers[name], x, iters))
+    with child:
+        for _ in range(max(1, rounds)):
+            times[baseline]["at"].append(time.monotonic())
+            job = child.submit(_plain_round, str(run.path), files, faces, batch, iters)
+            model, e2e = job.result()
+            times[baseline]["model"].append(model)
+            times[baseline]["e2e"].append(e2e)
+            for name, pred in rows:
+                measure(name, pred)
+                if name in peers:
+                    peer_rates[name].append(scoring_rate(peers[name], x, iters))
     median = statistics.median
     results = [
         {"runtime": name, "e2e": median(t["e2e"]), "model": median(t["model"]),
-         "e2e_all": t["e2e"], "model_all": t["model"]}
+         "e2e_all": t["e2e"], "model_all": t["model"], "started": t["at"]}
         for name, t in times.items()
     ]  # fmt: skip
     base = results[0]["e2e"]
