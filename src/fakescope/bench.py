@@ -222,25 +222,31 @@ def face_stage_rate(files: list, quick: bool, n: int = 60) -> float:
     return len(ims) / (time.perf_counter() - t)
 
 
-_PLAIN: dict = {}  # the bench's child process: its plain-baseline predictor, built once
-
-
-def _plain_round(run_path: str, files: list, faces: str, batch: int, iters: int):
-    """One round of the plain baseline, (model only, end to end) in images/s. It runs in the
-    bench's own child process, where malloc stays as the C library sets it: the parent's fast
-    runtime makes malloc keep freed memory for good, so there the baseline could only be timed
-    before everything else. In the child its rounds take turns with the others'."""
-    from .runs import load_run
+def _eager_predictor(run, faces: str, batch: int):
+    """The baseline's pipeline: the run's network in fp32 eager, files prepared one by one."""
     from .scoring.predictor import Predictor
 
-    if not _PLAIN:
-        run = load_run(run_path)
-        scorer = Scorer(_Eager(run.model, select_runtime("cpu", fast=False)), run.spec, batch)
-        _PLAIN["pred"] = Predictor(run, device="cpu", batch_size=batch, faces=faces,
-                                   progress=False, workers=0, scorer=scorer)  # fmt: skip
-        _PLAIN["x"] = torch.randn(batch, 3, run.input_size, run.input_size)
-    pred = _PLAIN["pred"]
-    return scoring_rate(pred.scorer, _PLAIN["x"], iters), _e2e(pred, files)
+    scorer = Scorer(_Eager(run.model, select_runtime("cpu", fast=False)), run.spec, batch)
+    return Predictor(run, device="cpu", batch_size=batch, faces=faces, progress=False,
+                     workers=0, scorer=scorer)  # fmt: skip
+
+
+_plain = None  # in the bench's child process: the plain baseline's pipeline
+
+
+def _start_plain(run_path: str, faces: str, batch: int) -> None:
+    """The bench's child process, where malloc stays as the C library sets it: the parent's
+    fast runtime makes malloc keep freed memory for good, so there the plain baseline could
+    only be timed before everything else. In the child its rounds take turns with the others'."""
+    from .runs import load_run
+
+    global _plain
+    _plain = _eager_predictor(load_run(run_path), faces, batch)
+
+
+def _plain_round(x: torch.Tensor, files: list, iters: int) -> tuple[float, float]:
+    """One round of the plain baseline in the child: (model only, end to end) in images/s."""
+    return scoring_rate(_plain.scorer, x, iters), _e2e(_plain, files)
 
 
 def run_e2e_bench(
@@ -279,20 +285,23 @@ def run_e2e_bench(
 
     times: dict[str, dict[str, list[float]]] = {}
 
-    def measure(name, pred):
+    def record(name, started, model, e2e):
         t = times.setdefault(name, {"model": [], "e2e": [], "at": []})
-        t["at"].append(time.monotonic())
-        t["model"].append(scoring_rate(pred.scorer, x, iters))
-        t["e2e"].append(_e2e(pred, files))
+        t["at"].append(started)
+        t["model"].append(model)
+        t["e2e"].append(e2e)
+
+    def measure(name, pred):
+        started = time.monotonic()
+        record(name, started, scoring_rate(pred.scorer, x, iters), _e2e(pred, files))
 
     # The plain baseline runs in a child process: the fast runtime selected below makes malloc
     # keep freed memory for this whole process and for good, which a user's own torch script
     # would not have, and which alone made the eager pipeline 2-3x faster (mobilenet_v2 10.4 ->
     # 31.9 img/s end to end, resnet50 3.5 -> 7.1; docs/benchmarks.md).
-    baseline = "torch fp32 eager, one file at a time, plain malloc (baseline)"
-    times[baseline] = {"model": [], "e2e": [], "at": []}
-    child = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-    plain = predictor(_Eager(run.model, select_runtime("cpu", fast=False)), 0)
+    ctx = multiprocessing.get_context("spawn")
+    child = ProcessPoolExecutor(1, ctx, _start_plain, (str(run.path), faces, batch))
+    plain = _eager_predictor(run, faces, batch)
     fast = select_runtime("cpu", precision=run.spec.precision)  # from here on malloc keeps memory
     rows = [
         ("torch fp32 eager, one file at a time, malloc kept", plain),
@@ -310,11 +319,10 @@ def run_e2e_bench(
     peer_rates: dict[str, list[float]] = {name: [] for name in peers}
     with child:
         for _ in range(max(1, rounds)):
-            times[baseline]["at"].append(time.monotonic())
-            job = child.submit(_plain_round, str(run.path), files, faces, batch, iters)
-            model, e2e = job.result()
-            times[baseline]["model"].append(model)
-            times[baseline]["e2e"].append(e2e)
+            started = time.monotonic()  # the baseline first: results[0]
+            model, e2e = child.submit(_plain_round, x, files, iters).result()
+            record("torch fp32 eager, one file at a time, plain malloc (baseline)", started,
+                   model, e2e)  # fmt: skip
             for name, pred in rows:
                 measure(name, pred)
                 if name in peers:
