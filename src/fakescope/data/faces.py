@@ -242,7 +242,11 @@ class QuickTightTest:
     def __init__(self, lbp: bool | str = True):
         self.lbp = lbp_cascade_file() if lbp is True else (lbp or None)
         if self.lbp is not None:
-            try:  # a malformed file raises from inside OpenCV, a missing one loads empty
+            # a missing file is told apart first: OpenCV would log its own error line for it;
+            # a malformed one raises from inside OpenCV or loads empty
+            if not os.path.isfile(self.lbp):
+                raise FakescopeError(f"{self.lbp}: not a cascade file OpenCV can load (no file)")
+            try:
                 empty = cv2.CascadeClassifier(self.lbp).empty()
             except (cv2.error, SystemError):
                 empty = True
