@@ -76,7 +76,8 @@ def test_bf16_probe_is_torch_s_and_agrees_with_the_kernel():
 
 def test_bench_times_the_loader_beside_the_model():
     """`fakescope bench --data` on real images: the loader's rate for each worker count and
-    the model's training rate, each a positive number, with a verdict per worker count."""
+    the model's training rate, each a positive number, with a verdict per worker count, and
+    the rate of training fed by the loader."""
     from .conftest import SG
 
     r = subprocess.run(
@@ -92,8 +93,30 @@ def test_bench_times_the_loader_beside_the_model():
     for x in loaders:
         assert float(x.split(":")[1].split()[0]) > 0
         assert "keeps up" in x or "starves the model" in x
+    # then training on batches straight from the loader, with the most workers asked for
+    fed = next(x for x in lines if "training fed by the loader" in x)
+    assert "1 worker(s)" in fed and float(fed.split(":")[1].split()[0]) > 0
     bad = subprocess.run(
         [sys.executable, "-m", "fakescope.cli", "bench", "--data", str(SG), "--workers", "two"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode != 0 and "--workers 'two'" in bad.stderr
+
+
+def test_compiled_scoring_gives_the_eager_scores():
+    """``TorchBackend(compile=True)`` (bench --compile) runs the same folded network through
+    torch.compile: the same logits to float rounding, on a real torchvision model."""
+    import torch
+
+    from fakescope.model.detector import Detector
+    from fakescope.model.runtime import select_runtime
+    from fakescope.scoring.scorer import TorchBackend
+
+    torch.manual_seed(0)
+    model = Detector("mobilenet_v2", "flatten", 32, weights="none").eval()
+    rt = select_runtime("cpu", precision="fp32")
+    x = torch.randn(2, 3, 32, 32)
+    eager = TorchBackend(model, rt).logits(x)
+    compiled = TorchBackend(model, rt, compile=True)
+    assert compiled.model is not TorchBackend(model, rt).model
+    assert torch.allclose(compiled.logits(x), eager, atol=1e-4, rtol=1e-4)

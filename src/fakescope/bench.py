@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .data.dataset import PREFETCH
 from .errors import FakescopeError
 from .model.detector import Detector
 from .model.runtime import Runtime, cpu_summary, select_runtime
@@ -29,6 +30,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _adam_step(model: nn.Module, rt: Runtime, net=None):
+    """One Adam step of ``model`` (forward through ``net``, a DDP or compiled wrapper of it) on
+    a batch, as training takes it: the batch moved to the device here, labels all zero."""
+    net = model if net is None else net
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-4)
+    bce = nn.BCEWithLogitsLoss()
+    model.train()
+
+    def step(x):
+        x = rt.batch(x)
+        with rt.autocast():
+            loss = bce(net(x).float().squeeze(1), torch.zeros(len(x), device=rt.device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def training_steps(
     model: nn.Module, rt: Runtime, x: torch.Tensor, steps: int, warmup: int = 2, net=None
 ) -> dict:
@@ -37,28 +57,16 @@ def training_steps(
     called on (a DDP wrapper of ``model``); the model is prepared for ``rt`` by the caller.
     Returns images per second, seconds, and this process's CPU seconds and minor page faults
     over the timed steps."""
-    net = model if net is None else net
+    step = _adam_step(model, rt, net)
     x = rt.batch(x)
-    y = torch.zeros(len(x), device=rt.device)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-4)
-    bce = nn.BCEWithLogitsLoss()
-    model.train()
-
-    def step():
-        with rt.autocast():
-            loss = bce(net(x).float().squeeze(1), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
     for _ in range(warmup):
-        step()
+        step(x)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     _sync(rt.device)
     r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for _ in range(steps):
-        step()
+        step(x)
     _sync(rt.device)
     secs, r1 = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
     return {
@@ -96,7 +104,8 @@ class _Eager:
         return self.model(self.runtime.batch(x)).float().reshape(-1).cpu()
 
 
-def run_bench(backbone="resnet50", size=299, batch=16, iters=3, device="auto") -> dict:
+def run_bench(backbone="resnet50", size=299, batch=16, iters=3, device="auto",
+              compile=False) -> dict:  # fmt: skip
     base = select_runtime(device, fast=False)
     torch.manual_seed(0)
     x = torch.randn(batch, 3, size, size)
@@ -109,24 +118,36 @@ def run_bench(backbone="resnet50", size=299, batch=16, iters=3, device="auto") -
     def model():
         return Detector(backbone, "flatten", size, weights="none")
 
-    def rate(mode: str, rt: Runtime, fast: bool) -> float:
+    def rate(mode: str, rt: Runtime, fast: bool, compiled: bool = False) -> float:
         if mode == "training":
-            return training_steps(rt.prepare(model()), rt, x, iters, warmup=1)["img_s"]
-        backend = TorchBackend(model(), rt) if fast else _Eager(model(), rt)
-        return scoring_rate(Scorer(backend, spec, batch), x, iters)
+            m = rt.prepare(model())
+            # the compiling happens in the warm-up steps, which are not timed
+            net = torch.compile(m) if compiled else None
+            return training_steps(m, rt, x, iters, warmup=3 if compiled else 1, net=net)["img_s"]
+        backend = TorchBackend(model(), rt, compile=compiled) if fast else _Eager(model(), rt)
+        scorer = Scorer(backend, spec, batch)
+        if compiled:
+            scorer.score_tensors(x)  # compiles, untimed
+        return scoring_rate(scorer, x, iters)
 
     modes = ("inference", "training")
     # Every baseline first: on a CPU the fast runtime also changes how malloc keeps memory, for
-    # the whole process and for good.
+    # the whole process and for good; on CUDA it turns on cuDNN's kernel search.
     baseline = {mode: rate(mode, base, False) for mode in modes}
     fast = select_runtime(device, fast=True)
     results = {}
-    # where the fast path autocasts, the same path in fp32 too: what the lower precision adds
+    runs = {mode: {"baseline": baseline[mode], "fast": rate(mode, fast, True)} for mode in modes}
+    for mode in modes:
+        if compile:
+            runs[mode]["compiled"] = rate(mode, fast, True, compiled=True)
+    # where the fast path autocasts, the same path in fp32 too: what the lower precision adds;
+    # last, since on CUDA it turns TF32 off for the rest of the process
     fast32 = select_runtime(device, fast=True, precision="fp32") if fast.amp_dtype else None
     for mode in modes:
-        r = {"baseline": baseline[mode], "fast": rate(mode, fast, True)}
         if fast32 is not None:
-            r["fast_fp32"] = rate(mode, fast32, True)
+            runs[mode]["fast_fp32"] = rate(mode, fast32, True)
+    for mode in modes:
+        r = runs[mode]
         results[mode] = {**r, "ratio": r["fast"] / r["baseline"]}
         path = fast.describe() + (", BN folded" if mode == "inference" else "")
         line = (
@@ -137,29 +158,42 @@ def run_bench(backbone="resnet50", size=299, batch=16, iters=3, device="auto") -
             line += f"   (same path in fp32: {r['fast_fp32']:.2f} img/s, autocast "
             line += f"{r['fast'] / r['fast_fp32']:.2f}x)"
         print(line)
+        if compile:
+            print(f"  {mode:9}: the same with torch.compile {r['compiled']:7.2f} img/s   ratio "
+                  f"{r['compiled'] / r['baseline']:.2f}x")  # fmt: skip
     return results
 
 
-def loader_rate(data, size=299, batch=16, workers=0, batches=20, augment=True) -> float:
-    """Images per second the training loader delivers from ``data``'s train split (decoding,
-    the forensic augmentations, resizing, normalising) with ``workers`` processes, the first
-    batch (worker start-up) untimed: what a GPU's training rate must not exceed."""
+def _bench_loader(data, size, batch, workers, images, augment=True):
+    """The training loader over ``data``'s train split (or shards), the split repeated until
+    it holds at least ``images`` images, so that every worker gets batches to make even where
+    the sample data is smaller than a few batches per worker."""
     from .data.dataset import ImageDataset, make_loader
     from .data.folders import load_samples
     from .data.shards import ShardSet, ShardStream, is_shards
     from .data.transforms import Augment
 
     aug = Augment(True, 0.5, (60, 100), 0.3, 0.3, 1.0) if augment else None
+    pin = torch.cuda.is_available()
     if is_shards(data):  # the stream training reads, in its own order
         ds = ShardStream(ShardSet.open(data), "train", batch, size=size, augment=aug)
-        loader = make_loader(ds, batch, False, workers, pin=torch.cuda.is_available())
-    else:
-        samples, _ = load_samples(data)
-        train = [s for s in samples if s.split == "train"] or samples
-        ds = ImageDataset(Path(data), train, size=size, augment=aug)
-        loader = make_loader(ds, batch, True, workers, pin=torch.cuda.is_available())
-    it = iter(loader)
-    next(it)
+        return make_loader(ds, batch, False, workers, pin=pin)
+    samples, _ = load_samples(data)
+    train = [s for s in samples if s.split == "train"] or samples
+    train = train * -(-images // len(train))
+    return make_loader(ImageDataset(Path(data), train, size=size, augment=aug), batch, True,
+                       workers, pin=pin)  # fmt: skip
+
+
+def loader_rate(data, size=299, batch=16, workers=0, batches=20, augment=True) -> float:
+    """Images per second the training loader delivers from ``data``'s train split (decoding,
+    the forensic augmentations, resizing, normalising) with ``workers`` processes, the first
+    batches (one per worker: they all start at once) untimed: what a GPU's training rate must
+    not exceed."""
+    warm = max(1, workers)
+    it = iter(_bench_loader(data, size, batch, workers, (batches + warm) * batch, augment))
+    for _ in range(warm):
+        next(it)
     t, n = time.perf_counter(), 0
     for _ in range(batches):
         try:
@@ -169,23 +203,55 @@ def loader_rate(data, size=299, batch=16, workers=0, batches=20, augment=True) -
     return n / (time.perf_counter() - t)
 
 
+def fed_training_rate(data, model, rt: Runtime, size=299, batch=16, workers=0, batches=20,
+                      net=None) -> float:  # fmt: skip
+    """Images per second of Adam steps on batches straight from the training loader, as
+    ``train`` takes them: the rate a run gets when loader and model work at once. The batches
+    the workers could have made ahead (``PREFETCH`` each) are taken untimed first: timed from a
+    full queue, a loader slower than the model would look as fast as the model."""
+    step = _adam_step(model, rt, net)
+    warm = 3 + workers * PREFETCH
+    it = iter(_bench_loader(data, size, batch, workers, (batches + warm) * batch))
+    for _ in range(warm):
+        step(next(it)[0])
+    _sync(rt.device)
+    t, n = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            x = next(it)[0]
+        except StopIteration:
+            break
+        step(x)
+        n += len(x)
+    _sync(rt.device)
+    return n / (time.perf_counter() - t)
+
+
 def run_loader_bench(data, size=299, batch=16, workers=(0, 2), batches=20, device="auto",
-                     backbone="resnet50") -> dict:  # fmt: skip
+                     backbone="resnet50", compile=False) -> dict:  # fmt: skip
     """The loader's rate for each worker count beside the model's training rate on this
-    device: where the loader is slower, the accelerator waits for data."""
+    device: where the loader is slower, the accelerator waits for data. Then training fed by
+    the loader with the most workers: the rate a run gets."""
     rt = select_runtime(device, fast=True)
     torch.manual_seed(0)
     x = torch.randn(batch, 3, size, size)
     model = rt.prepare(Detector(backbone, "flatten", size, weights="none"))
-    train = training_steps(model, rt, x, 3, warmup=1)["img_s"]
+    net = torch.compile(model) if compile else None
+    train = training_steps(model, rt, x, 3 if batches < 20 else 10, warmup=3, net=net)["img_s"]
+    how = rt.describe() + (", torch.compile" if compile else "")
     print(f"fakescope bench --data: {data}, {size}px, batch {batch}")
-    print(f"  model training ({backbone}, {rt.describe()}): {train:8.1f} img/s")
+    print(f"  model training ({backbone}, {how}): {train:8.1f} img/s")
     out = {"model_training": train, "loader": {}}
     for w in workers:
         r = loader_rate(data, size, batch, w, batches)
         out["loader"][w] = r
         verdict = "keeps up" if r >= train else f"starves the model ({r / train:.2f}x its rate)"
         print(f"  loader, {w} worker(s):        {r:8.1f} img/s   {verdict}")
+    w = max(workers)
+    fed = fed_training_rate(data, model, rt, size, batch, w, batches, net)
+    out["fed"] = fed
+    print(f"  training fed by the loader, {w} worker(s): {fed:8.1f} img/s   "
+          f"({fed / train:.2f}x the model's own rate)")  # fmt: skip
     return out
 
 

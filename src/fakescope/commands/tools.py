@@ -27,6 +27,12 @@ def _add_bench(sub):
     )
     p.add_argument("--workers", default="0,2", help="with --data: loader worker counts to time")
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the fast path through torch.compile (compiling is not timed); with "
+        "--data, the model training beside the loader is compiled",
+    )
+    p.add_argument(
         "--e2e",
         default=None,
         metavar="DIR",
@@ -69,13 +75,15 @@ def cmd_bench(a) -> int:
         )
         return 0
     if a.data is None:
-        run_bench(a.backbone, a.input_size, a.batch_size, a.iters, a.device)
+        run_bench(a.backbone, a.input_size, a.batch_size, a.iters, a.device, a.compile)
         return 0
     try:
         workers = tuple(int(w) for w in a.workers.split(","))
     except ValueError:
         raise FakescopeError(f"--workers {a.workers!r}: give counts such as 0,2,4") from None
-    run_loader_bench(a.data, a.input_size, a.batch_size, workers, 20, a.device, a.backbone)
+    run_loader_bench(
+        a.data, a.input_size, a.batch_size, workers, 20, a.device, a.backbone, a.compile
+    )
     return 0
 
 

@@ -10,6 +10,8 @@ import torch
 from .images import load_rgb
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Augment, to_tensor
 
+PREFETCH = 4  # batches each loader worker makes ahead
+
 
 class ImageDataset(torch.utils.data.Dataset):
     """Samples as (tensor, label, index). ``root`` is the data folder, or one folder per sample
@@ -91,5 +93,5 @@ def make_loader(dataset, batch_size, shuffle=False, workers=0, seed=0, sampler=N
         generator=g,
         persistent_workers=workers > 0,
         pin_memory=pin,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=PREFETCH if workers > 0 else None,
     )
