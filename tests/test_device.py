@@ -88,7 +88,7 @@ def test_bench_times_the_loader_beside_the_model():
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.splitlines()
     model = next(float(x.split(":")[-1].split()[0]) for x in lines if "model training" in x)
-    loaders = [x for x in lines if x.strip().startswith("loader,")]
+    loaders = [x for x in lines if x.strip().startswith("loader (")]
     assert model > 0 and len(loaders) == 2
     for x in loaders:
         assert float(x.split(":")[1].split()[0]) > 0

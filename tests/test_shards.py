@@ -194,3 +194,20 @@ def test_bad_shard_paths_say_what_is_wrong(packed, tmp_path):
     shutil.copy(out / "val-000000.tar", lone)
     with pytest.raises(FakescopeError, match="no shards.json"):
         ShardSet.open(lone / "val-000000.tar")
+
+
+def test_a_stream_sends_uint8_pixels_where_a_gpu_normalises_them(packed):
+    """``pixels``: the stream's items as uint8 (a quarter of the bytes), which ``normalise``
+    turns into exactly the float items the stream sends otherwise."""
+    from fakescope.data.transforms import normalise
+
+    _, out = packed
+    kw = dict(size=32, buffer=10, seed=3)
+    floats, pixels = (ShardStream(ShardSet.open(out), "train", 6, **kw) for _ in range(2))
+    pixels.pixels = True
+    for s in (floats, pixels):
+        s.set_epoch(0, 5)
+    (xf, yf, _), (xp, yp, _) = (next(iter(torch.utils.data.DataLoader(s, batch_size=6)))
+                                for s in (floats, pixels))  # fmt: skip
+    assert xp.dtype == torch.uint8 and xf.dtype == torch.float32 and torch.equal(yp, yf)
+    assert torch.equal(normalise(xp, floats.mean, floats.std), xf)

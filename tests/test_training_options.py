@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from fakescope.config import TrainConfig
-from fakescope.data.transforms import to_tensor
+from fakescope.data.transforms import normalise, to_tensor
 from fakescope.errors import FakescopeError
 from fakescope.evaluation.evaluator import evaluate
 from fakescope.runs import load_run
@@ -277,3 +277,39 @@ def test_sam_second_pass_leaves_batchnorm_statistics_alone(tmp_path):
     assert load_run(run).meta.to_json()["train"]["sam"] == 0.05
     with pytest.raises(FakescopeError, match="--sam"):
         TrainConfig(sam=-0.1).check()
+
+
+def test_pixels_normalised_on_the_device_and_compile_train_alike(tmp_path, monkeypatch):
+    """Where training runs on a GPU its loader sends uint8 pixels, normalised on the device;
+    --compile trains through torch.compile. Here both run on the CPU (the pixel path switched
+    on as a GPU would have it): the normalisation is called on the batch, and the kept
+    weights are the plain run's exactly with pixels alone, and to compiled kernels' rounding
+    with --compile too."""
+    import fakescope.training.loop as loop
+    from fakescope.model.runtime import Runtime
+
+    kw = dict(limit_per_class=4, hflip=False)  # one batch of 8
+    start = load_run(tiny_run(tmp_path / "start", lr=0.0, **kw)).model.state_dict()
+    plain = load_file(str(tiny_run(tmp_path / "plain", **kw) / "model.safetensors"))
+    calls = []
+
+    def spy(x, mean, std):
+        calls.append(x.dtype)
+        return normalise(x, mean, std)
+
+    monkeypatch.setattr(Runtime, "loader_sends_pixels", property(lambda self: True))
+    monkeypatch.setattr(loop, "normalise", spy)
+    pixels = load_file(str(tiny_run(tmp_path / "pixels", **kw) / "model.safetensors"))
+    assert calls == [torch.uint8]
+    compiled = load_file(str(tiny_run(tmp_path / "compiled", compile=True, **kw)
+                             / "model.safetensors"))  # fmt: skip
+    assert calls == [torch.uint8] * 2
+    moved = off = 0.0
+    for k, w in plain.items():
+        if w.is_floating_point():
+            assert torch.equal(pixels[k], w), k
+            moved += (w - start[k]).abs().sum().item()
+            off += (compiled[k] - w).abs().sum().item()
+    # Adam's first step moves every weight by about lr; compiled rounding flips the sign of
+    # a few near-zero gradients, a small share of that movement
+    assert moved > 0 and off < 0.05 * moved

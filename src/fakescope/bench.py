@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .data.dataset import PREFETCH
+from .data.transforms import normalise
 from .errors import FakescopeError
 from .model.detector import Detector
 from .model.runtime import Runtime, cpu_summary, select_runtime
@@ -164,10 +165,11 @@ def run_bench(backbone="resnet50", size=299, batch=16, iters=3, device="auto",
     return results
 
 
-def _bench_loader(data, size, batch, workers, images, augment=True):
+def _bench_loader(data, size, batch, workers, images, augment=True, pixels=False):
     """The training loader over ``data``'s train split (or shards), the split repeated until
     it holds at least ``images`` images, so that every worker gets batches to make even where
-    the sample data is smaller than a few batches per worker."""
+    the sample data is smaller than a few batches per worker. ``pixels``: uint8 items, as
+    training sends to a GPU (``Runtime.loader_sends_pixels``)."""
     from .data.dataset import ImageDataset, make_loader
     from .data.folders import load_samples
     from .data.shards import ShardSet, ShardStream, is_shards
@@ -177,21 +179,23 @@ def _bench_loader(data, size, batch, workers, images, augment=True):
     pin = torch.cuda.is_available()
     if is_shards(data):  # the stream training reads, in its own order
         ds = ShardStream(ShardSet.open(data), "train", batch, size=size, augment=aug)
+        ds.pixels = pixels
         return make_loader(ds, batch, False, workers, pin=pin)
     samples, _ = load_samples(data)
     train = [s for s in samples if s.split == "train"] or samples
-    train = train * -(-images // len(train))
-    return make_loader(ImageDataset(Path(data), train, size=size, augment=aug), batch, True,
-                       workers, pin=pin)  # fmt: skip
+    ds = ImageDataset(Path(data), train * -(-images // len(train)), size=size, augment=aug)
+    ds.pixels = pixels
+    return make_loader(ds, batch, True, workers, pin=pin)
 
 
-def loader_rate(data, size=299, batch=16, workers=0, batches=20, augment=True) -> float:
+def loader_rate(data, size=299, batch=16, workers=0, batches=20, augment=True,
+                pixels=False) -> float:  # fmt: skip
     """Images per second the training loader delivers from ``data``'s train split (decoding,
     the forensic augmentations, resizing, normalising) with ``workers`` processes, the first
     batches (one per worker: they all start at once) untimed: what a GPU's training rate must
     not exceed."""
     warm = max(1, workers)
-    it = iter(_bench_loader(data, size, batch, workers, (batches + warm) * batch, augment))
+    it = iter(_bench_loader(data, size, batch, workers, (batches + warm) * batch, augment, pixels))
     for _ in range(warm):
         next(it)
     t, n = time.perf_counter(), 0
@@ -209,9 +213,14 @@ def fed_training_rate(data, model, rt: Runtime, size=299, batch=16, workers=0, b
     ``train`` takes them: the rate a run gets when loader and model work at once. The batches
     the workers could have made ahead (``PREFETCH`` each) are taken untimed first: timed from a
     full queue, a loader slower than the model would look as fast as the model."""
-    step = _adam_step(model, rt, net)
+    train = _adam_step(model, rt, net)
+    pixels = rt.loader_sends_pixels
+
+    def step(x):
+        train(normalise(rt.batch(x)) if pixels else x)
+
     warm = 3 + workers * PREFETCH
-    it = iter(_bench_loader(data, size, batch, workers, (batches + warm) * batch))
+    it = iter(_bench_loader(data, size, batch, workers, (batches + warm) * batch, pixels=pixels))
     for _ in range(warm):
         step(next(it)[0])
     _sync(rt.device)
@@ -242,11 +251,12 @@ def run_loader_bench(data, size=299, batch=16, workers=(0, 2), batches=20, devic
     print(f"fakescope bench --data: {data}, {size}px, batch {batch}")
     print(f"  model training ({backbone}, {how}): {train:8.1f} img/s")
     out = {"model_training": train, "loader": {}}
+    form = "uint8 pixels" if rt.loader_sends_pixels else "float"
     for w in workers:
-        r = loader_rate(data, size, batch, w, batches)
+        r = loader_rate(data, size, batch, w, batches, pixels=rt.loader_sends_pixels)
         out["loader"][w] = r
         verdict = "keeps up" if r >= train else f"starves the model ({r / train:.2f}x its rate)"
-        print(f"  loader, {w} worker(s):        {r:8.1f} img/s   {verdict}")
+        print(f"  loader ({form}), {w} worker(s): {r:8.1f} img/s   {verdict}")
     w = max(workers)
     fed = fed_training_rate(data, model, rt, size, batch, w, batches, net)
     out["fed"] = fed

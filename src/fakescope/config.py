@@ -194,6 +194,11 @@ class TrainConfig:
         choices=("auto", "fp32"),
     )
     workers: int = opt(0, "data-loading processes")
+    compile: bool = opt(
+        False,
+        "train through torch.compile: the first batches of each step compile (minutes on a "
+        "CPU), later ones run fused kernels; worth it on a GPU (docs/benchmarks.md)",
+    )
     procs: int = opt(
         1,
         "training processes on this machine (DistributedDataParallel), each with its share of "

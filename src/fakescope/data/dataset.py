@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .images import load_rgb
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, Augment, to_tensor
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, Augment, to_pixels, to_tensor
 
 PREFETCH = 4  # batches each loader worker makes ahead
 
@@ -46,6 +46,9 @@ class ImageDataset(torch.utils.data.Dataset):
         self.blender = blender
         self.mean, self.std = mean, std
         self.epoch = 0
+        # True: items are uint8 pixels, normalised by the consumer (``transforms.normalise``):
+        # a quarter of the bytes between loader processes and into a GPU's pinned memory
+        self.pixels = False
 
     def __len__(self):
         return len(self.samples)
@@ -77,6 +80,8 @@ class ImageDataset(torch.utils.data.Dataset):
             im = self.prepare(im, path)
         if self.augment is not None:
             im = self.augment(im, rng)
+        if self.pixels:
+            return to_pixels(im, self.size, self.fit), self.label_of(i), i
         return to_tensor(im, self.size, self.mean, self.std, self.fit), self.label_of(i), i
 
 

@@ -31,7 +31,7 @@ from ..errors import BadInput, FakescopeError
 from .dataset import ImageDataset
 from .folders import SPLITS, Sample, fingerprint, load_samples, write_splits
 from .images import IMAGE_EXTS, check_file, decode_rgb
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, to_pixels, to_tensor
 
 MANIFEST = "shards.json"
 SPLIT_FILE = "splits.csv"
@@ -280,6 +280,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.class_counts = {k: shards.count(split, k) for k in ("fake", "real")}
         self.batch_size, self.size, self.augment, self.seed = batch_size, size, augment, seed
         self.prepare, self.mean, self.std, self.fit = prepare, mean, std, fit
+        self.pixels = False  # True: uint8 items, as ImageDataset.pixels
         self.train, self.buffer, self.rank, self.world = train, buffer, rank, world
         self.epoch, self.order_seed, self.start = 0, seed, 0
 
@@ -355,6 +356,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             im = self.prepare(im, None)
         if self.augment is not None:
             im = self.augment(im, rng)
+        if self.pixels:
+            return to_pixels(im, self.size, self.fit)
         return to_tensor(im, self.size, self.mean, self.std, self.fit)
 
     def framing_images(self, n: int) -> list:

@@ -94,22 +94,37 @@ def _normalisation(mean: tuple, std: tuple) -> tuple[torch.Tensor, torch.Tensor]
     return shift, torch.tensor(std, dtype=torch.float32).mul_(255.0).reciprocal_().view(3, 1, 1)
 
 
+def to_pixels(im: Image.Image, size: int, fit: str = "resize") -> torch.Tensor:
+    """``fit_square``'s geometry as a uint8 CHW tensor: what a training loader's workers send
+    to a GPU, a quarter of the bytes of the float input, normalised there (``normalise``).
+    Resampling runs in torchvision on the uint8 pixels (bicubic, antialiased as PIL's is):
+    within 2 of 255 of PIL's pixels and 4x faster, the largest cost of preparing a file after
+    decoding it (docs/benchmarks.md)."""
+    w, h = im.size
+    if (w, h) == (size, size) or _pads(w, h, size, fit):
+        return torch.from_numpy(np.array(fit_square(im, size, fit))).permute(2, 0, 1)
+    nw, nh, left, top = _cover(w, h, size)
+    x = torch.from_numpy(np.array(im)).permute(2, 0, 1)
+    x = TF.resize(x, [nh, nw], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    return x[:, top : top + size, left : left + size]
+
+
+def normalise(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 pixels (one image CHW or a batch NCHW, on any device) as the network's float
+    input, in the memory format they came in."""
+    shift, scale = _normalisation(tuple(mean), tuple(std))
+    if x.device != shift.device:
+        shift, scale = shift.to(x.device, non_blocking=True), scale.to(x.device, non_blocking=True)
+    # one pass each, into a fresh tensor: the whole-array numpy form this replaced made five
+    # image-sized float arrays and cost more than the resize
+    if x.dim() == 3:  # one image: a contiguous tensor for the batch to be stacked from
+        return x.to(torch.float32, memory_format=torch.contiguous_format).sub_(shift).mul_(scale)
+    return x.to(torch.float32).sub_(shift).mul_(scale)
+
+
 def to_tensor(
     im: Image.Image, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, fit: str = "resize"
 ) -> torch.Tensor:
     """The network's input for an RGB image: ``fit_square``'s geometry, normalised, as a
-    contiguous float CHW tensor. Resampling runs in torchvision on the uint8 pixels (bicubic,
-    antialiased as PIL's is): within 2 of 255 of PIL's pixels and 4x faster, the largest cost
-    of preparing a file after decoding it (docs/benchmarks.md)."""
-    w, h = im.size
-    if (w, h) == (size, size) or _pads(w, h, size, fit):
-        x = torch.from_numpy(np.array(fit_square(im, size, fit))).permute(2, 0, 1)
-    else:
-        nw, nh, left, top = _cover(w, h, size)
-        x = torch.from_numpy(np.array(im)).permute(2, 0, 1)
-        x = TF.resize(x, [nh, nw], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-        x = x[:, top : top + size, left : left + size]
-    shift, scale = _normalisation(tuple(mean), tuple(std))
-    # one pass each, into a fresh contiguous tensor: the whole-array numpy form this replaced
-    # made five image-sized float arrays and cost more than the resize
-    return x.to(torch.float32, memory_format=torch.contiguous_format).sub_(shift).mul_(scale)
+    contiguous float CHW tensor."""
+    return normalise(to_pixels(im, size, fit), mean, std)

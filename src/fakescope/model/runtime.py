@@ -106,6 +106,14 @@ class Runtime:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    @property
+    def loader_sends_pixels(self) -> bool:
+        """Whether training loaders send uint8 pixels, normalised on the device: on a GPU, a
+        quarter of the bytes to copy between processes and into pinned memory, and no float
+        pass in the workers, which could not keep an H200 fed (docs/benchmarks.md). On a CPU
+        the pass stays in the workers, beside the model rather than in its way."""
+        return self.device.type == "cuda"
+
     def describe(self) -> str:
         amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
         extra = ", channels_last" if self.channels_last else ""

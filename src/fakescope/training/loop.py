@@ -29,7 +29,7 @@ from ..data.dataset import ImageDataset, make_loader
 from ..data.order import BalancedOrder, PairedOrder, ShuffledOrder
 from ..data.shards import is_shards
 from ..data.sources import SBI_SOURCE, load_sources, make_split, write_split_file
-from ..data.transforms import Augment
+from ..data.transforms import Augment, normalise
 from ..errors import FakescopeError
 from ..evaluation import metrics as M
 from ..faults import crash_point
@@ -268,6 +268,8 @@ class Epoch:
     head_of: torch.Tensor | None = None
     # sharpness-aware minimisation (--sam): a second pass per step at perturbed weights
     sam: SharpnessAware | None = None
+    # (mean, std) where the loader sends uint8 pixels, normalised on the device
+    norm: tuple | None = None
 
     def _loss(self, x, y, head) -> torch.Tensor:
         with self.runtime.autocast():
@@ -292,6 +294,8 @@ class Epoch:
             if b >= self.n_batches:
                 break
             x, y = self.runtime.batch(x), y.float().to(self.runtime.device)
+            if self.norm is not None:
+                x = normalise(x, *self.norm)
             head = None if self.head_of is None else self.head_of[idx].to(self.runtime.device)
             loss = self._loss(x, y, head)
             self.opt.zero_grad(set_to_none=True)
@@ -305,7 +309,9 @@ class Epoch:
             self.scaler.step(self.opt)
             self.scaler.update()
             if self.ema is not None:
-                self.ema.update_parameters(getattr(self.net, "module", self.net))
+                # the model itself, under torch.compile's and DDP's wrappers
+                inner = getattr(self.net, "_orig_mod", self.net)
+                self.ema.update_parameters(getattr(inner, "module", inner))
             if self.sched is not None:
                 self.sched.step()
             crash_point("batch")
@@ -402,6 +408,7 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
         out.mkdir(parents=True, exist_ok=True)
         write_split_file(sources, out / "split.csv")
     train_ds, val_ds, val_names, order, tr, blender = _datasets(cfg, sources, ranks, progress)
+    train_ds.pixels = runtime.loader_sends_pixels
     heads, head_of = source_heads(cfg, tr)
     seed_everything(cfg.seed)  # the head's initial weights depend on nothing above
     spec = ModelSpec.of_config(cfg, heads)
@@ -463,7 +470,9 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
         ema = _weight_average(cfg, model)  # restarts with each step, from its starting weights
         scored = model if ema is None else ema.module  # what is validated and kept
         epoch_runner = Epoch(
-            ranks.wrap(model, runtime),
+            torch.compile(ranks.wrap(model, runtime))
+            if cfg.compile
+            else ranks.wrap(model, runtime),
             opt,
             sched,
             scaler,
@@ -474,6 +483,7 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
             n_batches,
             head_of=head_of,
             sam=SharpnessAware(model, cfg.sam) if cfg.sam else None,
+            norm=(train_ds.mean, train_ds.std) if train_ds.pixels else None,
         )
         best_state, best_val = None, None  # the best epoch's weights and validation scores
 
