@@ -30,7 +30,7 @@ FS=("$PY" -m fakescope.cli)
   "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
   echo "== loader: resnet50, batch 256, against the model's training rate, then fed by it"
   timeout 150 "${FS[@]}" bench --data "$DATA" --backbone resnet50 --device cuda --batch-size 256 \
-    --workers 0,8,15
+    --workers 4,8,15
   echo "== model: resnet50, batch 256"
   timeout 200 "${FS[@]}" bench --backbone resnet50 --device cuda --input-size 299 --batch-size 256 \
     --iters 10

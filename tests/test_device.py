@@ -89,13 +89,19 @@ def test_bench_times_the_loader_beside_the_model():
     lines = r.stdout.splitlines()
     model = next(float(x.split(":")[-1].split()[0]) for x in lines if "model training" in x)
     loaders = [x for x in lines if x.strip().startswith("loader (")]
-    assert model > 0 and len(loaders) == 2
+    assert model > 0 and len(loaders) == 2 * 2  # two worker counts, two sets of augmentations
+    assert [x.strip() for x in lines if "augmentations:" in x] == [
+        "augmentations: train's defaults",
+        "augmentations: forensic",
+    ]
     for x in loaders:
         assert float(x.split(":")[1].split()[0]) > 0
         assert "keeps up" in x or "starves the model" in x
     # then training on batches straight from the loader, with the most workers asked for
-    fed = next(x for x in lines if "training fed by the loader" in x)
-    assert "1 worker(s)" in fed and float(fed.split(":")[1].split()[0]) > 0
+    fed = [x for x in lines if "training fed by the loader" in x]
+    assert len(fed) == 2
+    for x in fed:
+        assert "1 worker(s)" in x and float(x.split(":")[1].split()[0]) > 0
     bad = subprocess.run(
         [sys.executable, "-m", "fakescope.cli", "bench", "--data", str(SG), "--workers", "two"],
         capture_output=True, text=True,

@@ -165,17 +165,29 @@ def run_bench(backbone="resnet50", size=299, batch=16, iters=3, device="auto",
     return results
 
 
-def _bench_loader(data, size, batch, workers, images, augment=True, pixels=False):
+def augment_settings() -> dict:
+    """The augmentations the loader is timed with: what ``train`` does by default (flips), and
+    the forensic set a robust run adds (JPEG round trips, blur, down-and-up resizing)."""
+    from .config import TrainConfig
+    from .data.transforms import Augment
+
+    return {
+        "train's defaults": Augment.of(TrainConfig()),
+        "forensic": Augment(True, 0.5, (60, 100), 0.3, 0.3, 1.0),
+    }
+
+
+def _bench_loader(data, size, batch, workers, images, augment=None, pixels=False):
     """The training loader over ``data``'s train split (or shards), the split repeated until
     it holds at least ``images`` images, so that every worker gets batches to make even where
-    the sample data is smaller than a few batches per worker. ``pixels``: uint8 items, as
-    training sends to a GPU (``Runtime.loader_sends_pixels``)."""
+    the sample data is smaller than a few batches per worker. ``augment``: an ``Augment``, or
+    None for none; ``pixels``: uint8 items, as training sends to a GPU
+    (``Runtime.loader_sends_pixels``)."""
     from .data.dataset import ImageDataset, make_loader
     from .data.folders import load_samples
     from .data.shards import ShardSet, ShardStream, is_shards
-    from .data.transforms import Augment
 
-    aug = Augment(True, 0.5, (60, 100), 0.3, 0.3, 1.0) if augment else None
+    aug = augment
     pin = torch.cuda.is_available()
     if is_shards(data):  # the stream training reads, in its own order
         ds = ShardStream(ShardSet.open(data), "train", batch, size=size, augment=aug)
@@ -188,10 +200,10 @@ def _bench_loader(data, size, batch, workers, images, augment=True, pixels=False
     return make_loader(ds, batch, True, workers, pin=pin)
 
 
-def loader_rate(data, size=299, batch=16, workers=0, batches=20, augment=True,
+def loader_rate(data, size=299, batch=16, workers=0, batches=20, augment=None,
                 pixels=False) -> float:  # fmt: skip
     """Images per second the training loader delivers from ``data``'s train split (decoding,
-    the forensic augmentations, resizing, normalising) with ``workers`` processes, the first
+    the augmentations, resizing, normalising) with ``workers`` processes, the first
     batches (one per worker: they all start at once) untimed: what a GPU's training rate must
     not exceed."""
     warm = max(1, workers)
@@ -208,7 +220,7 @@ def loader_rate(data, size=299, batch=16, workers=0, batches=20, augment=True,
 
 
 def fed_training_rate(data, model, rt: Runtime, size=299, batch=16, workers=0, batches=20,
-                      net=None) -> float:  # fmt: skip
+                      net=None, augment=None) -> float:  # fmt: skip
     """Images per second of Adam steps on batches straight from the training loader, as
     ``train`` takes them: the rate a run gets when loader and model work at once. The batches
     the workers could have made ahead (``PREFETCH`` each) are taken untimed first: timed from a
@@ -220,7 +232,7 @@ def fed_training_rate(data, model, rt: Runtime, size=299, batch=16, workers=0, b
         train(normalise(rt.batch(x)) if pixels else x)
 
     warm = 3 + workers * PREFETCH
-    it = iter(_bench_loader(data, size, batch, workers, (batches + warm) * batch, pixels=pixels))
+    it = iter(_bench_loader(data, size, batch, workers, (batches + warm) * batch, augment, pixels))
     for _ in range(warm):
         step(next(it)[0])
     _sync(rt.device)
@@ -240,7 +252,8 @@ def run_loader_bench(data, size=299, batch=16, workers=(0, 2), batches=20, devic
                      backbone="resnet50", compile=False) -> dict:  # fmt: skip
     """The loader's rate for each worker count beside the model's training rate on this
     device: where the loader is slower, the accelerator waits for data. Then training fed by
-    the loader with the most workers: the rate a run gets."""
+    the loader with the most workers: the rate a run gets. Each with train's default
+    augmentations and with the forensic set (``augment_settings``)."""
     rt = select_runtime(device, fast=True)
     torch.manual_seed(0)
     x = torch.randn(batch, 3, size, size)
@@ -252,16 +265,19 @@ def run_loader_bench(data, size=299, batch=16, workers=(0, 2), batches=20, devic
     print(f"  model training ({backbone}, {how}): {train:8.1f} img/s")
     out = {"model_training": train, "loader": {}}
     form = "uint8 pixels" if rt.loader_sends_pixels else "float"
-    for w in workers:
-        r = loader_rate(data, size, batch, w, batches, pixels=rt.loader_sends_pixels)
-        out["loader"][w] = r
-        verdict = "keeps up" if r >= train else f"starves the model ({r / train:.2f}x its rate)"
-        print(f"  loader ({form}), {w} worker(s): {r:8.1f} img/s   {verdict}")
     w = max(workers)
-    fed = fed_training_rate(data, model, rt, size, batch, w, batches, net)
-    out["fed"] = fed
-    print(f"  training fed by the loader, {w} worker(s): {fed:8.1f} img/s   "
-          f"({fed / train:.2f}x the model's own rate)")  # fmt: skip
+    for name, aug in augment_settings().items():
+        print(f"  augmentations: {name}")
+        rates = out["loader"][name] = {}
+        for n in workers:
+            r = rates[n] = loader_rate(data, size, batch, n, batches, aug, rt.loader_sends_pixels)
+            verdict = "keeps up" if r >= train else f"starves the model ({r / train:.2f}x its rate)"
+            print(f"    loader ({form}), {n} worker(s): {r:8.1f} img/s   {verdict}")
+        fed = out.setdefault("fed", {})[name] = fed_training_rate(
+            data, model, rt, size, batch, w, batches, net, aug
+        )
+        print(f"    training fed by the loader, {w} worker(s): {fed:8.1f} img/s   "
+              f"({fed / train:.2f}x the model's own rate)")  # fmt: skip
     return out
 
 

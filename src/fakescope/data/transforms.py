@@ -26,6 +26,12 @@ class Augment:
     resize_prob: float = 0.0
     crop_scale: float = 1.0  # <1: random square crop of this to 1x the short side
 
+    @classmethod
+    def of(cls, cfg) -> Augment:
+        """The augmentations a training config (``TrainConfig``) asks for."""
+        return cls(cfg.hflip, cfg.jpeg_prob, tuple(cfg.jpeg_quality), cfg.blur_prob,
+                   cfg.resize_prob, cfg.crop_scale)  # fmt: skip
+
     def __call__(self, im: Image.Image, rng: random.Random) -> Image.Image:
         if self.hflip and rng.random() < 0.5:
             im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

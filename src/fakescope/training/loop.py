@@ -341,14 +341,7 @@ def _datasets(cfg: TrainConfig, sources, ranks: Ranks, progress: bool):
         from ..data.sources import SelfBlender
 
         blender = SelfBlender(sources, cfg.landmarks, progress, cfg.sbi_masks)
-    aug = Augment(
-        cfg.hflip,
-        cfg.jpeg_prob,
-        tuple(cfg.jpeg_quality),
-        cfg.blur_prob,
-        cfg.resize_prob,
-        cfg.crop_scale,
-    )
+    aug = Augment.of(cfg)
     prepare = _prepare_fn(cfg)
     if getattr(sources[0], "shards", None) is not None:
         return _streams(cfg, sources[0], ranks, aug, prepare)
