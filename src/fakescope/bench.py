@@ -187,15 +187,14 @@ def _bench_loader(data, size, batch, workers, images, augment=None, pixels=False
     from .data.folders import load_samples
     from .data.shards import ShardSet, ShardStream, is_shards
 
-    aug = augment
     pin = torch.cuda.is_available()
     if is_shards(data):  # the stream training reads, in its own order
-        ds = ShardStream(ShardSet.open(data), "train", batch, size=size, augment=aug)
+        ds = ShardStream(ShardSet.open(data), "train", batch, size=size, augment=augment)
         ds.pixels = pixels
         return make_loader(ds, batch, False, workers, pin=pin)
     samples, _ = load_samples(data)
     train = [s for s in samples if s.split == "train"] or samples
-    ds = ImageDataset(Path(data), train * -(-images // len(train)), size=size, augment=aug)
+    ds = ImageDataset(Path(data), train * -(-images // len(train)), size=size, augment=augment)
     ds.pixels = pixels
     return make_loader(ds, batch, True, workers, pin=pin)
 
@@ -220,18 +219,19 @@ def loader_rate(data, size=299, batch=16, workers=0, batches=20, augment=None,
 
 
 def fed_training_rate(data, model, rt: Runtime, size=299, batch=16, workers=0, batches=20,
-                      net=None, augment=None) -> float:  # fmt: skip
+                      net=None, augment=None, head_start=True) -> float:  # fmt: skip
     """Images per second of Adam steps on batches straight from the training loader, as
-    ``train`` takes them: the rate a run gets when loader and model work at once. The batches
-    the workers could have made ahead (``PREFETCH`` each) are taken untimed first: timed from a
-    full queue, a loader slower than the model would look as fast as the model."""
+    ``train`` takes them: the rate a run gets when loader and model work at once. With
+    ``head_start``, the batches the workers could have made ahead (``PREFETCH`` each) are taken
+    untimed first: timed from a full queue, a loader slower than the model would look as fast
+    as the model. A loader faster than the model keeps its queue full anyway."""
     train = _adam_step(model, rt, net)
     pixels = rt.loader_sends_pixels
 
     def step(x):
         train(normalise(rt.batch(x)) if pixels else x)
 
-    warm = 3 + workers * PREFETCH
+    warm = 3 + workers * PREFETCH * head_start
     it = iter(_bench_loader(data, size, batch, workers, (batches + warm) * batch, augment, pixels))
     for _ in range(warm):
         step(next(it)[0])
@@ -259,7 +259,8 @@ def run_loader_bench(data, size=299, batch=16, workers=(0, 2), batches=20, devic
     x = torch.randn(batch, 3, size, size)
     model = rt.prepare(Detector(backbone, "flatten", size, weights="none"))
     net = torch.compile(model) if compile else None
-    train = training_steps(model, rt, x, 3 if batches < 20 else 10, warmup=3, net=net)["img_s"]
+    steps = 10 if rt.device.type == "cuda" else 3  # a CPU takes seconds per step
+    train = training_steps(model, rt, x, steps, warmup=3 if compile else 1, net=net)["img_s"]
     how = rt.describe() + (", torch.compile" if compile else "")
     print(f"fakescope bench --data: {data}, {size}px, batch {batch}")
     print(f"  model training ({backbone}, {how}): {train:8.1f} img/s")
@@ -273,8 +274,9 @@ def run_loader_bench(data, size=299, batch=16, workers=(0, 2), batches=20, devic
             r = rates[n] = loader_rate(data, size, batch, n, batches, aug, rt.loader_sends_pixels)
             verdict = "keeps up" if r >= train else f"starves the model ({r / train:.2f}x its rate)"
             print(f"    loader ({form}), {n} worker(s): {r:8.1f} img/s   {verdict}")
+        slower = rates[w] < train  # only then can the workers' head start flatter it
         fed = out.setdefault("fed", {})[name] = fed_training_rate(
-            data, model, rt, size, batch, w, batches, net, aug
+            data, model, rt, size, batch, w, batches, net, aug, head_start=slower
         )
         print(f"    training fed by the loader, {w} worker(s): {fed:8.1f} img/s   "
               f"({fed / train:.2f}x the model's own rate)")  # fmt: skip

@@ -138,15 +138,15 @@ def select_runtime(name: str = "auto", fast: bool = True, precision: str = "auto
     device = torch.device(name)
     if not fast:
         return Runtime(device, None, False)
-    if device.type == "cuda" and precision == "fp32":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        return Runtime(device, None, True)
     if device.type == "cuda":
         # cuDNN times its convolution kernels once per input shape and keeps the fastest:
         # training and scoring feed one batch shape over and over
         torch.backends.cudnn.benchmark = True
+    if device.type == "cuda" and precision == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        return Runtime(device, None, True)
+    if device.type == "cuda":
         bf16 = torch.cuda.is_bf16_supported()
         return Runtime(device, torch.bfloat16 if bf16 else torch.float16, True)
     if device.type == "cpu":

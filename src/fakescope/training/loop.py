@@ -462,10 +462,9 @@ def _fit(cfg: TrainConfig, progress, resume, ranks: Ranks, runtime: Runtime) -> 
                     sched.step()
         ema = _weight_average(cfg, model)  # restarts with each step, from its starting weights
         scored = model if ema is None else ema.module  # what is validated and kept
+        net = ranks.wrap(model, runtime)  # what forward is called on
         epoch_runner = Epoch(
-            torch.compile(ranks.wrap(model, runtime))
-            if cfg.compile
-            else ranks.wrap(model, runtime),
+            torch.compile(net) if cfg.compile else net,
             opt,
             sched,
             scaler,
