@@ -36,7 +36,12 @@ def test_exif_rotation_is_applied(tmp_path, face):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     wide.save(tmp_path / "rot.jpg", exif=exif)
-    assert load_rgb(tmp_path / "rot.jpg").size == (200, 300)
+    upright = load_rgb(tmp_path / "rot.jpg")
+    assert upright.size == (200, 300)
+    # the pixels turned too (rotated in place, not copied), to JPEG's rounding
+    turned = np.asarray(wide.transpose(Image.Transpose.ROTATE_270), dtype=float)
+    assert np.abs(np.asarray(upright, dtype=float) - turned).mean() < 4
+    assert np.abs(np.asarray(upright, dtype=float) - turned[::-1, ::-1]).mean() > 20
 
 
 @pytest.mark.parametrize(

@@ -99,7 +99,9 @@ def _decode(source, path, least_side: int | None = None) -> Image.Image:
         reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
         raise BadInput(f"{path}: unreadable image ({reason})") from None
     try:
-        im = ImageOps.exif_transpose(im)
+        # in place: otherwise Pillow returns a copy of every image, rotated or not (0.05-0.3 ms
+        # of a 256 px JPEG's 0.6-0.9 ms)
+        ImageOps.exif_transpose(im, in_place=True)
     except Exception:  # a broken EXIF block should not cost the image itself
         pass
     return to_rgb(im)
