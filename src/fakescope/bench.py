@@ -138,14 +138,14 @@ def run_bench(backbone="resnet50", size=299, batch=16, iters=3, device="auto",
     fast = select_runtime(device, fast=True)
     results = {}
     runs = {mode: {"baseline": baseline[mode], "fast": rate(mode, fast, True)} for mode in modes}
-    for mode in modes:
-        if compile:
+    if compile:
+        for mode in modes:
             runs[mode]["compiled"] = rate(mode, fast, True, compiled=True)
     # where the fast path autocasts, the same path in fp32 too: what the lower precision adds;
     # last, since on CUDA it turns TF32 off for the rest of the process
     fast32 = select_runtime(device, fast=True, precision="fp32") if fast.amp_dtype else None
-    for mode in modes:
-        if fast32 is not None:
+    if fast32 is not None:
+        for mode in modes:
             runs[mode]["fast_fp32"] = rate(mode, fast32, True)
     for mode in modes:
         r = runs[mode]
@@ -187,16 +187,34 @@ def _bench_loader(data, size, batch, workers, images, augment=None, pixels=False
     from .data.folders import load_samples
     from .data.shards import ShardSet, ShardStream, is_shards
 
-    pin = torch.cuda.is_available()
-    if is_shards(data):  # the stream training reads, in its own order
+    stream = is_shards(data)
+    if stream:  # the stream training reads, in its own order
         ds = ShardStream(ShardSet.open(data), "train", batch, size=size, augment=augment)
-        ds.pixels = pixels
-        return make_loader(ds, batch, False, workers, pin=pin)
-    samples, _ = load_samples(data)
-    train = [s for s in samples if s.split == "train"] or samples
-    ds = ImageDataset(Path(data), train * -(-images // len(train)), size=size, augment=augment)
+    else:
+        samples, _ = load_samples(data)
+        train = [s for s in samples if s.split == "train"] or samples
+        ds = ImageDataset(Path(data), train * -(-images // len(train)), size=size,
+                          augment=augment)  # fmt: skip
     ds.pixels = pixels
-    return make_loader(ds, batch, True, workers, pin=pin)
+    return make_loader(ds, batch, not stream, workers, pin=torch.cuda.is_available())
+
+
+def _rate_after(it, warm: int, batches: int, use, device: torch.device) -> float:
+    """Images per second of ``use`` on ``batches`` batches of loader iterator ``it`` (fewer if
+    it ends), after ``warm`` untimed ones."""
+    for _ in range(warm):
+        use(next(it)[0])
+    _sync(device)
+    t, n = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            x = next(it)[0]
+        except StopIteration:
+            break
+        use(x)
+        n += len(x)
+    _sync(device)
+    return n / (time.perf_counter() - t)
 
 
 def loader_rate(data, size=299, batch=16, workers=0, batches=20, augment=None,
@@ -207,15 +225,7 @@ def loader_rate(data, size=299, batch=16, workers=0, batches=20, augment=None,
     not exceed."""
     warm = max(1, workers)
     it = iter(_bench_loader(data, size, batch, workers, (batches + warm) * batch, augment, pixels))
-    for _ in range(warm):
-        next(it)
-    t, n = time.perf_counter(), 0
-    for _ in range(batches):
-        try:
-            n += len(next(it)[0])
-        except StopIteration:
-            break
-    return n / (time.perf_counter() - t)
+    return _rate_after(it, warm, batches, lambda x: None, torch.device("cpu"))
 
 
 def fed_training_rate(data, model, rt: Runtime, size=299, batch=16, workers=0, batches=20,
@@ -233,19 +243,7 @@ def fed_training_rate(data, model, rt: Runtime, size=299, batch=16, workers=0, b
 
     warm = 3 + workers * PREFETCH * head_start
     it = iter(_bench_loader(data, size, batch, workers, (batches + warm) * batch, augment, pixels))
-    for _ in range(warm):
-        step(next(it)[0])
-    _sync(rt.device)
-    t, n = time.perf_counter(), 0
-    for _ in range(batches):
-        try:
-            x = next(it)[0]
-        except StopIteration:
-            break
-        step(x)
-        n += len(x)
-    _sync(rt.device)
-    return n / (time.perf_counter() - t)
+    return _rate_after(it, warm, batches, step, rt.device)
 
 
 def run_loader_bench(data, size=299, batch=16, workers=(0, 2), batches=20, device="auto",
