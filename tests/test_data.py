@@ -91,6 +91,16 @@ def test_to_tensor_is_pils_resize_and_torchvisions_normalisation():
     assert torch.allclose(T.to_tensor(im, 256), want, atol=1e-5)
 
 
+def test_pixels_of_undoes_normalise_exactly():
+    """A model that takes pixels can be handed a normalised batch (a loader's): every pixel
+    value of every channel comes back as it was, for ImageNet's statistics and odd ones."""
+    p = torch.arange(256, dtype=torch.uint8).repeat(2, 3, 1).view(2, 3, 16, 16)
+    for mean, std in ((T.IMAGENET_MEAN, T.IMAGENET_STD), ((0.5,) * 3, (0.5,) * 3),
+                      ((0.1, 0.9, 0.3), (0.01, 0.7, 0.05))):  # fmt: skip
+        back = T.pixels_of(T.normalise(p, mean, std), mean, std)
+        assert back.dtype == torch.uint8 and torch.equal(back, p)
+
+
 def test_augment_is_deterministic_per_seed_and_keeps_size():
     im = Image.open(sg_images("fake", n=1)[0]).convert("RGB")
     aug = T.Augment(hflip=True, jpeg_prob=1.0, blur_prob=0.5, resize_prob=0.5, crop_scale=0.8)

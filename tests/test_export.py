@@ -88,12 +88,61 @@ def test_openvino_int8_is_checked_and_calibrated(run_copy, onnx_fp32):
     c = art.info["check"]
     assert art.int8 and c["passed"] and abs(c["auc"] - c["auc_torch"]) <= 0.002
     assert art.info["calibration_images_per_class"] == 8
-    assert art.info["quantisation"] == "nncf"
+    assert art.info["quantisation"] == "nncf" and art.info["input"].startswith("uint8")
     assert (run_copy / "export" / "openvino-int8.bin").exists()
     scorer = Scorer.of_run(run_copy, "cpu", runtime="openvino")
     assert scorer.engine == "openvino-int8"
     # its threads share the cores with the pipeline's workers (engines.py)
     assert scorer.backend.model.get_property("ENABLE_CPU_PINNING") is False
+
+
+def test_openvino_exports_take_pixels_and_score_as_torch_does(run_copy, onnx_fp32, tmp_path):
+    """An OpenVINO export takes uint8 pixels and normalises and mirrors them in its graph:
+    compiled in fp32 it gives torch's fp32 scores; ``Scorer`` hands it pixels, and a
+    normalised batch (the loaders' kind) is turned back into exactly the same pixels. (Built
+    without the check: on a CPU with bf16 the fp32 graph runs in bf16, which moves this
+    untrained run's chance-level AUC by more than the check allows.)"""
+    import openvino as ov
+    from PIL import Image
+
+    from fakescope.scoring.engines import backend_of
+    from fakescope.scoring.export import _openvino
+
+    run = load_run(run_copy)
+    model_file = tmp_path / "pixels.xml"
+    _openvino(onnx_fp32.model_file, model_file, (), False, run.spec)
+    scorer = Scorer(backend_of("openvino", model_file, batch=6), run.spec, 6)
+    assert scorer.pixels_in
+    paths = sg_images("fake", n=3) + sg_images("real", n=3)
+    images = [Image.open(p).convert("RGB") for p in paths]
+    pixels = scorer.tensors(images)
+    floats = scorer.tensors(images, pixels=False)
+    assert pixels.dtype == torch.uint8 and floats.dtype == torch.float32
+    assert torch.equal(scorer.as_input(floats), pixels)
+    np.testing.assert_array_equal(scorer.logits(floats), scorer.logits(pixels))
+    # the graph itself with every operation in fp32 (the CPU plugin may otherwise pick bf16)
+    core = ov.Core()
+    model = core.compile_model(
+        core.read_model(str(model_file)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    got = model([pixels.numpy()])[model.output("score")].reshape(-1)
+    fp32 = select_runtime("cpu", precision="fp32")
+    want = Scorer(TorchBackend(run.model, fp32), run.spec).score_tensors(floats)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    # the mirror is the graph's own: one image scores as its mirror image does
+    flipped = model([pixels.flip(3).numpy()])[model.output("score")].reshape(-1)
+    np.testing.assert_allclose(flipped, got, atol=1e-5)
+    # evaluate's loaders send such a scorer pixels too, and score as the images do
+    from fakescope.data.dataset import make_loader
+    from fakescope.data.folders import read_splits
+    from fakescope.evaluation.evaluator import scoring_dataset
+
+    samples = [x for x in read_splits(SG / "splits.csv") if x.split == "val"][:6]
+    ds = scoring_dataset(run, SG, samples, pixels=scorer.pixels_in)
+    assert ds[0][0].dtype == torch.uint8
+    from_loader, _, _ = scorer.score_loader(make_loader(ds, 6))
+    from_images = scorer.score_images([Image.open(SG / x.path).convert("RGB") for x in samples])
+    np.testing.assert_array_equal(from_loader, from_images)
 
 
 def _openvino_of(onnx_fp32, tmp_path, batch):

@@ -83,6 +83,7 @@ def scoring_rate(scorer: Scorer, x: torch.Tensor, iters: int) -> float:
     """Images per second of ``scorer`` on batch ``x`` (one warm-up batch first), with as many
     calls in flight at once as its backend gains from (``concurrency``), as ``predict`` has."""
     n = scorer.concurrency
+    x = scorer.as_input(x)  # the kind of batch predict hands this backend
     scorer.score_tensors(x)
     t = time.perf_counter()
     if n == 1:

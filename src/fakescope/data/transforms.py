@@ -128,6 +128,13 @@ def normalise(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Te
     return x.to(torch.float32).sub_(shift).mul_(scale)
 
 
+def pixels_of(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """``normalise``'s inverse: the uint8 pixels a normalised batch was made from, exactly
+    (its float error is far under half a pixel level), for a model that takes pixels."""
+    shift, scale = _normalisation(tuple(mean), tuple(std))
+    return x.div(scale.to(x.device)).add_(shift.to(x.device)).round_().clamp_(0, 255).byte()
+
+
 def to_tensor(
     im: Image.Image, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, fit: str = "resize"
 ) -> torch.Tensor:

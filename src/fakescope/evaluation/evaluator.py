@@ -79,13 +79,18 @@ def face_prepare(run: Run, faces: str | None = None):
     return FaceCropper(mode=faces, margin=run.meta.face_margin).training_crop
 
 
-def scoring_dataset(run: Run, data, samples, augment=None, prepare=None) -> ImageDataset:
-    """The images of ``samples`` as the run's model sees them (its size, fit, normalisation)."""
+def scoring_dataset(
+    run: Run, data, samples, augment=None, prepare=None, pixels: bool = False
+) -> ImageDataset:
+    """The images of ``samples`` as the run's model sees them (its size, fit, normalisation);
+    ``pixels``: as uint8 pixels, for a scorer that takes them (``Scorer.pixels_in``)."""
     kind = ShardImages if samples and isinstance(samples[0], ShardSample) else ImageDataset
-    return kind(
+    ds = kind(
         data, samples, run.input_size, augment, prepare=prepare, mean=run.mean, std=run.std,
         fit=run.fit,
     )  # fmt: skip
+    ds.pixels = pixels
+    return ds
 
 
 def per_source(samples, y, s, threshold) -> dict:
@@ -136,7 +141,7 @@ def evaluate(
     prepare = face_prepare(run, faces)
     # a deterministic "augmentation": every image re-encoded at exactly this quality
     recode = Augment(hflip=False, jpeg_prob=1.0, jpeg_quality=(reencode,) * 2) if reencode else None
-    ds = scoring_dataset(run, data, samples, recode, prepare)
+    ds = scoring_dataset(run, data, samples, recode, prepare, scorer.pixels_in)
     s, y, loss = scorer.score_loader(make_loader(ds, batch_size), f"scoring {split}", progress)
     thr, stored = scorer.threshold, scorer.thresholds
     result = M.summarize(y, s, thr)

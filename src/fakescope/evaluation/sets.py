@@ -80,7 +80,7 @@ def score(
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, labels) of ``samples`` through the same dataset path ``evaluate`` uses."""
-    ds = scoring_dataset(run, data, samples, augment, prepare)
+    ds = scoring_dataset(run, data, samples, augment, prepare, scorer.pixels_in)
     s, y, _ = scorer.score_loader(make_loader(ds, batch_size), desc, progress)
     return s, y
 

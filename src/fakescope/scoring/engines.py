@@ -8,9 +8,11 @@ into a ``Backend`` for ``Scorer``; ``auto`` takes the fastest checked export for
 (by the model-only rate measured at export) and falls back to torch where there is none, where
 torch measured faster, or where a GPU is there to use.
 
-The exported graph takes the normalised batch ``Scorer.tensors`` makes and holds the rest: the
-network, the mirror-image average when the run uses it, and the sigmoid. Its ``logits`` are
-therefore already averaged over the mirror (``tta_inside``), and ``Scorer`` does not flip again.
+The exported graph takes the batch ``Scorer.tensors`` makes and holds the rest: the network, the
+mirror-image average when the run uses it, and the sigmoid. An OpenVINO export takes the uint8
+pixels and normalises them itself (``pixels_in``), an ONNX one the normalised floats. Its
+``logits`` are therefore already averaged over the mirror (``tta_inside``), and ``Scorer`` does
+not flip again.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class OnnxBackend:
 class OpenVinoBackend:
     tta_inside = True
     runtime = None
+    pixels_in = False  # set from the file: its input is uint8 pixels, or normalised floats
     STREAMS = 2
     PART = 4  # images per request at most: see __init__
     # How many ``logits`` calls in flight at once pay off (``Predictor.predict`` and
@@ -133,6 +136,8 @@ class OpenVinoBackend:
         self._taking = threading.Lock()  # a call takes all its parts' requests or none yet
         try:
             m = core.read_model(str(model_file))
+            # exports since session 21 take uint8 pixels and normalise inside (export.py)
+            self.pixels_in = m.input(0).get_element_type() == ov.Type.u8
             self.model = core.compile_model(m, "CPU", config)
             # The file keeps its dynamic batch. Full batches run on a second copy compiled for
             # a static shape (OpenVINO's CPU plugin picks faster kernels for one: model only

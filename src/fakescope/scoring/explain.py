@@ -44,7 +44,7 @@ def _safe_name(s: str) -> str:
 def unit_overlays(predictor, units) -> list[np.ndarray]:
     """Grad-CAM overlays (HxWx3 uint8) of scored units, each explaining its own verdict."""
     spec = predictor.scorer.spec
-    x = predictor.scorer.tensors([u.image for u in units])
+    x = predictor.scorer.tensors([u.image for u in units], pixels=False)  # for torch's network
     cats = [int(u.row.verdict == "fake") for u in units]
     maps = cams(predictor.model, x, cats, predictor.batch_size)
     pairs = zip(units, maps, strict=True)
