@@ -139,7 +139,7 @@ def _onnx_int8(fp32: Path, out: Path, calib) -> None:
     pre.unlink()
 
 
-def _openvino(fp32_onnx: Path, out: Path, calib, int8: bool, spec) -> None:
+def _openvino(fp32_onnx: Path, out: Path, calib, int8: bool, spec, quantiles: bool = False) -> None:
     import openvino as ov
 
     model = ov.convert_model(str(fp32_onnx))
@@ -149,18 +149,19 @@ def _openvino(fp32_onnx: Path, out: Path, calib, int8: bool, spec) -> None:
         batches = list(calib)  # nncf counts dataset items, here batches
         model = nncf.quantize(
             model, nncf.Dataset(batches), subset_size=len(batches),
-            advanced_parameters=_nncf_ranges(),
+            advanced_parameters=_quantile_ranges() if quantiles else None,
         )  # fmt: skip
     _save_openvino(model, out, spec)
 
 
-def _nncf_ranges():
+def _quantile_ranges():
     """NNCF's activation ranges from quantiles (the mean over batches of each batch's 1e-4 and
     1 - 1e-4 quantiles) instead of its default extremes, for the reason ``_onnx_int8`` uses
-    percentiles. On the demo run's 330 validation images (mobilenet_v2, 299 px, 32 calibration
-    images per class) the default lost 0.0022 AUC against torch and was refused; the quantile
-    ranges lost 0.0018 (histogram 0.0019, the mean of the extremes 0.0021; docs/benchmarks.md,
-    session 21)."""
+    percentiles: the second try where the default fails the check. On the demo run's 330
+    validation images (mobilenet_v2, 299 px, 32 calibration images per class) the default lost
+    0.0022 AUC against torch and was refused, the quantile ranges lost 0.0018 (histogram 0.0019,
+    the mean of the extremes 0.0021). Not the first try: on an untrained resnet50 (a speed run)
+    they made every score the same (docs/benchmarks.md, session 21)."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
@@ -225,7 +226,6 @@ def _openvino_accuracy_control(
         ov.convert_model(str(fp32_onnx)), nncf.Dataset(batches),
         nncf.Dataset(val, lambda item: item[0]), auc_of, max_drop=max_drop,
         drop_type=nncf.DropType.ABSOLUTE, subset_size=len(batches),
-        advanced_quantization_parameters=_nncf_ranges(),
     )  # fmt: skip
     _save_openvino(model, out, spec)
 
@@ -334,19 +334,31 @@ def export_run(
         log.info("checking %s on the validation split", name)
         result = check(run, model_file, to, val)
         method = ("nncf" if to == "openvino" else "onnxruntime static QDQ") if int8 else "none"
-        # FAKESCOPE_FAULT=int8-refused: tests take the accuracy-control path on a tiny run
-        if to == "openvino" and int8 and (not result["passed"] or injected("int8-refused")):
+        # FAKESCOPE_FAULT=int8-refused: tests take every further try on a tiny run
+        refused = injected("int8-refused")
+        tried = {}  # the numbers of the tries that failed, by name
+        if to == "openvino" and int8 and (not result["passed"] or refused):
+            log.info(
+                "int8 val AUC %.4f against torch's %.4f: quantising again with quantile "
+                "activation ranges", result["auc"], result["auc_torch"],
+            )  # fmt: skip
+            tried["plain_int8"] = {k: result[k] for k in ("auc", "auc_torch", "passed")}
+            _openvino(tmp / "fp32.onnx", model_file, _calibration(calib), True, run.spec, True)
+            result = check(run, model_file, to, val)
+            method = "nncf, quantile ranges"
+        if to == "openvino" and int8 and (not result["passed"] or refused):
             log.info(
                 "int8 val AUC %.4f against torch's %.4f: quantising again with NNCF's accuracy "
                 "control", result["auc"], result["auc_torch"],
             )  # fmt: skip
-            first = {k: result[k] for k in ("auc", "auc_torch", "passed")}
+            tried["quantile_int8"] = {k: result[k] for k in ("auc", "auc_torch", "passed")}
             _openvino_accuracy_control(
                 tmp / "fp32.onnx", model_file, _calibration(calib), val, AUC_TOLERANCE / 2,
                 run.spec,
             )  # fmt: skip
-            result = {**check(run, model_file, to, val), "plain_int8": first}
+            result = check(run, model_file, to, val)
             method = "nncf accuracy control"
+        result.update(tried)
         if not result["passed"]:
             raise FakescopeError(
                 f"{name} export refused: validation AUC {result['auc']:.4f} against torch's "
