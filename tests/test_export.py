@@ -102,7 +102,6 @@ def test_openvino_exports_take_pixels_and_score_as_torch_does(run_copy, onnx_fp3
     normalised batch (the loaders' kind) is turned back into exactly the same pixels. (Built
     without the check: on a CPU with bf16 the fp32 graph runs in bf16, which moves this
     untrained run's chance-level AUC by more than the check allows.)"""
-    import openvino as ov
     from PIL import Image
 
     from fakescope.scoring.engines import backend_of
@@ -120,17 +119,28 @@ def test_openvino_exports_take_pixels_and_score_as_torch_does(run_copy, onnx_fp3
     assert pixels.dtype == torch.uint8 and floats.dtype == torch.float32
     assert torch.equal(scorer.as_input(floats), pixels)
     np.testing.assert_array_equal(scorer.logits(floats), scorer.logits(pixels))
-    # the graph itself with every operation in fp32 (the CPU plugin may otherwise pick bf16)
-    core = ov.Core()
-    model = core.compile_model(
-        core.read_model(str(model_file)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    # The graph itself with every operation in fp32 (the CPU plugin may otherwise pick bf16),
+    # in a child process: a second OpenVINO core compiled in the test process made a later
+    # test that forks (test_shards) crash with a segmentation fault.
+    np.save(tmp_path / "pixels.npy", pixels.numpy())
+    child = (
+        "import sys, numpy as np, openvino as ov\n"
+        "core = ov.Core()\n"
+        "m = core.compile_model(core.read_model(sys.argv[1]), 'CPU',"
+        " {'INFERENCE_PRECISION_HINT': 'f32'})\n"
+        "x = np.load(sys.argv[2])\n"
+        "out = [m([a])[m.output('score')].reshape(-1) for a in (x, x[..., ::-1].copy())]\n"
+        "np.save(sys.argv[3], np.stack(out))\n"
     )
-    got = model([pixels.numpy()])[model.output("score")].reshape(-1)
+    cmd = [sys.executable, "-c", child, str(model_file), str(tmp_path / "pixels.npy"),
+           str(tmp_path / "scores.npy")]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got, flipped = np.load(tmp_path / "scores.npy")
     fp32 = select_runtime("cpu", precision="fp32")
     want = Scorer(TorchBackend(run.model, fp32), run.spec).score_tensors(floats)
     np.testing.assert_allclose(got, want, atol=1e-4)
     # the mirror is the graph's own: one image scores as its mirror image does
-    flipped = model([pixels.flip(3).numpy()])[model.output("score")].reshape(-1)
     np.testing.assert_allclose(flipped, got, atol=1e-5)
     # evaluate's loaders send such a scorer pixels too, and score as the images do
     from fakescope.data.dataset import make_loader

@@ -187,9 +187,11 @@ def _save_openvino(model, out: Path, spec) -> None:
     image = model.input(0)
     for target in list(image.get_target_inputs()):
         node = target.get_node()
-        if node.get_type_name() != "Slice":
-            continue
+        if node.get_type_name() != "Slice" or node.get_input_size() != 5:
+            continue  # the mirror is a Slice with constant steps and axes (torch.flip's export)
         step, axes = (node.input_value(i).get_node() for i in (3, 4))
+        if not all(n.get_type_name() == "Constant" for n in (step, axes)):
+            continue
         if list(step.get_data()) == [-1] and list(axes.get_data()) == [3]:  # x[..., ::-1]
             back = np.arange(spec.input_size - 1, -1, -1, dtype=np.int64)
             mirror = ops.gather(image, ops.constant(back), ops.constant(np.int64(3)))
