@@ -318,19 +318,19 @@ def export_run(
     with tempfile.TemporaryDirectory(dir=folder, prefix=f".{name}-") as tmp:
         tmp = Path(tmp)
         log.info("exporting %s to ONNX", run.path)
-        _onnx(run, tmp / "fp32.onnx", batch_size)
+        fp32 = tmp / "fp32.onnx"
+        _onnx(run, fp32, batch_size)
         calib = _loader(run, data, "train", calibration, batch_size) if int8 else None
         if to == "onnx":
             model_file = tmp / f"{name}.onnx"
             if int8:
                 log.info("calibrating int8 on up to %d training images per class", calibration)
-                _onnx_int8(tmp / "fp32.onnx", model_file, _calibration(calib))
+                _onnx_int8(fp32, model_file, _calibration(calib))
             else:
-                (tmp / "fp32.onnx").rename(model_file)
+                fp32.rename(model_file)
         else:
             model_file = tmp / f"{name}.xml"
-            calib_data = _calibration(calib) if int8 else ()
-            _openvino(tmp / "fp32.onnx", model_file, calib_data, int8, run.spec)
+            _openvino(fp32, model_file, _calibration(calib) if int8 else (), int8, run.spec)
         if injected("export"):  # tests: a broken export must be refused, not kept
             _break(model_file)
         log.info("checking %s on the validation split", name)
@@ -338,7 +338,6 @@ def export_run(
         method = ("nncf" if to == "openvino" else "onnxruntime static QDQ") if int8 else "none"
         # Where OpenVINO int8 misses, two more tries, each checked: quantile activation
         # ranges, then NNCF's accuracy control. FAKESCOPE_FAULT=int8-refused: tests take both.
-        fp32 = tmp / "fp32.onnx"
         retries = [
             ("plain_int8", "quantile activation ranges", "nncf, quantile ranges",
              lambda: _openvino(fp32, model_file, _calibration(calib), True, run.spec, True)),
