@@ -90,10 +90,47 @@ def test_openvino_int8_is_checked_and_calibrated(run_copy, onnx_fp32):
     assert art.info["calibration_images_per_class"] == 8
     assert art.info["quantisation"] == "nncf" and art.info["input"].startswith("uint8")
     assert (run_copy / "export" / "openvino-int8.bin").exists()
+    # the logits leave the classifier unrounded: quantised on their way to the mirror average,
+    # they were clipped to the calibration's range (every confident fake one score)
+    assert _quantisers_after_classifier(run_copy / "export" / "openvino-int8.xml") == []
     scorer = Scorer.of_run(run_copy, "cpu", runtime="openvino")
     assert scorer.engine == "openvino-int8"
     # its threads share the cores with the pipeline's workers (engines.py)
     assert scorer.backend.model.get_property("ENABLE_CPU_PINNING") is False
+
+
+def test_onnx_int8_is_checked_and_leaves_the_logits_in_float(run_copy, onnx_fp32):
+    """ONNX Runtime's static int8 (QDQ), calibrated on the run's training images and checked
+    like every export; nothing after the classifier is quantised (see the OpenVINO test)."""
+    import onnx
+
+    art = export_run(run_copy, "onnx", int8=True, limit=LIMIT, calibration=8)
+    c = art.info["check"]
+    assert art.int8 and c["passed"] and abs(c["auc"] - c["auc_torch"]) <= 0.002
+    nodes = onnx.load(str(art.model_file)).graph.node
+    for p in (run_copy / "export").glob("onnx-int8.*"):
+        p.unlink()  # the other tests' choices are among the exports they made
+    assert any(n.op_type == "QuantizeLinear" for n in nodes)
+    last = max(i for i, n in enumerate(nodes) if n.op_type == "Gemm")
+    assert [n.op_type for n in nodes[last + 1 :]] == ["Reshape", "ReduceMean", "Sigmoid"]
+    assert nodes[last].input[0].endswith("DequantizeLinear_Output")  # the classifier: int8
+
+
+def _quantisers_after_classifier(xml) -> list[str]:
+    """The FakeQuantize operations between the graph's ``logit`` output and the last MatMul."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    node = next(op for op in model.get_ops() if op.get_friendly_name() == "logit")
+    found, todo = [], [node]
+    while todo:
+        node = todo.pop()
+        if node.get_type_name() == "FakeQuantize":
+            found.append(node.get_friendly_name())
+        if node.get_type_name() != "MatMul":
+            todo += [v.get_node() for v in node.input_values()
+                     if v.get_node().get_type_name() not in ("Constant", "Parameter")]  # fmt: skip
+    return found
 
 
 def test_openvino_exports_take_pixels_and_score_as_torch_does(run_copy, onnx_fp32, tmp_path):
