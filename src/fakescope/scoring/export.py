@@ -179,7 +179,7 @@ def _quantile_ranges():
     validation images (mobilenet_v2, 299 px, 32 calibration images per class) the default lost
     0.0022 AUC against torch and was refused, the quantile ranges lost 0.0018 (histogram 0.0019,
     the mean of the extremes 0.0021). Not the first try: on an untrained resnet50 (a speed run)
-    they made every score the same (docs/benchmarks.md, session 21)."""
+    they lost 0.007 where the default passes (docs/benchmarks.md, sessions 21 and 22)."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
