@@ -46,6 +46,9 @@ def test_the_onnx_graph_scores_as_torch_does(run_copy, onnx_fp32):
     info = json.loads((run_copy / "export" / "onnx-fp32.json").read_text())
     assert info["check"]["passed"] and info["check"]["n"] == 2 * LIMIT
     assert abs(info["check"]["auc"] - info["check"]["auc_torch"]) <= 0.002
+    d = info["check"]["auc_difference_95"]
+    assert d["difference"] == pytest.approx(info["check"]["auc"] - info["check"]["auc_torch"])
+    assert d["low"] <= d["difference"] <= d["high"] and d["rounds"] == 1000
     assert info["weights_sha256"] == run.meta.weights_sha256
     assert "fp32" in info["check"]["auc_reference"] and info["check"]["torch_img_per_s"] > 0
     assert 0 < info["threshold"] < 1 and info["check"]["thresholds"]["criterion"] == "youden"

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from sklearn import metrics as skm
 
 from fakescope.evaluation import metrics as M
 
@@ -80,3 +81,21 @@ def test_youden_nearest_keeps_a_preferred_threshold_that_ties():
         j = pred[y2 == 1].mean() - pred[y2 == 0].mean()
         best = max((s2[y2 == 1] >= u).mean() - (s2[y2 == 0] >= u).mean() for u in s2)
         assert best - j <= 1 / 50 + 1e-9
+
+
+def test_auc_difference_has_a_paired_bootstrap_interval():
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 150)
+    ref = np.clip(y * 0.3 + rng.normal(0.35, 0.15, len(y)), 0, 1)
+    same = M.auc_difference(y, ref, ref)
+    assert same["difference"] == same["low"] == same["high"] == 0.0  # paired: no spread
+    noisy = np.clip(ref + rng.normal(0, 0.1, len(y)), 0, 1)
+    d = M.auc_difference(y, noisy, ref)
+    want = skm.roc_auc_score(y, noisy) - skm.roc_auc_score(y, ref)
+    assert d["difference"] == pytest.approx(want) and d["difference"] < 0
+    assert d["low"] < d["difference"] < d["high"] and d["high"] - d["low"] > 0.005
+    # fewer images, a wider interval; the same seed, the same interval
+    few = np.r_[0:40, 150:190]
+    d_few = M.auc_difference(y[few], noisy[few], ref[few])
+    assert d_few["high"] - d_few["low"] > d["high"] - d["low"]
+    assert M.auc_difference(y, noisy, ref) == d

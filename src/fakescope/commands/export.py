@@ -54,6 +54,11 @@ def cmd_export(a) -> int:
         f"(torch {c['threshold_torch']:.4f}), F1 {c['f1_at_own_threshold']:.4f} "
         f"(torch {c['f1_torch_at_its_threshold']:.4f})"
     )
+    d = c["auc_difference_95"]
+    print(
+        f"  AUC difference {d['difference']:+.4f}; on other images like these (95 % paired "
+        f"bootstrap over the {c['n']}) between {d['low']:+.4f} and {d['high']:+.4f}"
+    )
     print(
         f"  model only: {c['img_per_s']:.1f} img/s (torch {c['torch_img_per_s']:.1f}) "
         f"on {art.info['cpu']}"

@@ -314,6 +314,8 @@ def check(run: Run, model_file: Path, runtime: str, val_loader) -> dict:
         "auc_torch": auc_torch,
         "auc_tolerance": AUC_TOLERANCE,
         "passed": bool(abs(auc - auc_torch) <= AUC_TOLERANCE),
+        # how far the difference could lie on other images: the check's sample is small
+        "auc_difference_95": M.auc_difference(y, s, ts),
         "max_abs_score_difference": float(np.abs(s - ts).max()),
         "threshold_torch": float(run.threshold),  # the run's, calibrated at training
         "f1_at_own_threshold": M.at_threshold(y, s, threshold)["f1"],
