@@ -104,3 +104,19 @@ def test_pipeline_ceiling_prints_end_to_end_against_the_ceiling(tmp_path):
     last = out.strip().splitlines()[-1]
     assert last.lstrip().startswith("ceiling 1/(1/model + 1/prepare)") and "x of it" in last
     assert "threads, " in out.splitlines()[0]  # the CPU beside the figures
+
+
+def test_runtime_agreement_counts_disagreements_near_and_away_from_thresholds():
+    """scripts/runtime_agreement.py: a verdict differs when the two scores fall on different
+    sides of their runtimes' own thresholds; it counts as near when either score lies within
+    ``near`` of its threshold (must-show 3 of issue 12 excuses only those)."""
+    from runtime_agreement import compare
+
+    ref = {"a": 0.80, "b": 0.20, "c": 0.505, "d": 0.45, "e": 0.30}
+    got = {"a": 0.75, "b": 0.45, "c": 0.39, "d": 0.52, "e": 0.10}
+    # ref at 0.5: a fake, b real, c fake (0.005 above), d real, e real
+    # got at 0.4: a fake, b fake (away), c real (ref near), d fake (away), e real
+    c = compare(ref, 0.5, got, 0.4, near=0.01)
+    assert (c["n"], c["differ"], c["near_threshold"]) == (5, 3, 1)
+    assert c["away"] == ["b", "d"]
+    assert compare(ref, 0.5, ref, 0.5, near=0.01)["differ"] == 0
