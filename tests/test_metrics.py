@@ -99,3 +99,17 @@ def test_auc_difference_has_a_paired_bootstrap_interval():
     d_few = M.auc_difference(y[few], noisy[few], ref[few])
     assert d_few["high"] - d_few["low"] > d["high"] - d["low"]
     assert M.auc_difference(y, noisy, ref) == d
+
+
+def test_auc_difference_draws_score_as_sklearn_does_with_ties():
+    """The interval's AUCs come from ranks (all draws at once); with tied scores they must be
+    sklearn's roc_auc_score on the same draws."""
+    rng = np.random.default_rng(2)
+    y = np.repeat([0, 1], [60, 40])
+    s, ref = np.round(rng.random(100) + 0.3 * y, 1), rng.random(100) + 0.2 * y
+    d = M.auc_difference(y, s, ref, rounds=200, seed=5)
+    draw = np.random.default_rng(5)
+    neg, pos = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
+    idx = np.concatenate([draw.choice(neg, (200, 60)), draw.choice(pos, (200, 40))], 1)
+    want = [skm.roc_auc_score(y[i], s[i]) - skm.roc_auc_score(y[i], ref[i]) for i in idx]
+    assert [d["low"], d["high"]] == pytest.approx(list(np.percentile(want, [2.5, 97.5])))

@@ -6,7 +6,7 @@ Scores are probabilities of "fake" (label 1). Thresholds: a score >= threshold i
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import gaussian_kde
+from scipy.stats import gaussian_kde, rankdata
 from sklearn import metrics as skm
 
 SWEEP = np.round(np.arange(0.30, 0.9001, 0.05), 2)
@@ -56,13 +56,18 @@ def auc_difference(y, s, reference, rounds: int = 1000, seed: int = 0) -> dict:
     y, s, reference = np.asarray(y), np.asarray(s), np.asarray(reference)
     diff = float(skm.roc_auc_score(y, s) - skm.roc_auc_score(y, reference))
     rng = np.random.default_rng(seed)
-    by_class = [np.flatnonzero(y == c) for c in (0, 1)]
-    draws = np.empty(rounds)
-    for i in range(rounds):
-        idx = np.concatenate([rng.choice(c, len(c)) for c in by_class])
-        yi = y[idx]
-        draws[i] = skm.roc_auc_score(yi, s[idx]) - skm.roc_auc_score(yi, reference[idx])
-    low, high = np.percentile(draws, [2.5, 97.5])
+    neg, pos = (np.flatnonzero(y == c) for c in (0, 1))
+    # every draw at once, negatives first: AUC is then the Mann-Whitney statistic of the
+    # positives' (tie-averaged) ranks, as roc_auc_score computes it, 50x faster than calling it
+    idx = np.concatenate(
+        [rng.choice(neg, (rounds, len(neg))), rng.choice(pos, (rounds, len(pos)))], 1
+    )
+
+    def aucs(scores):
+        ranks = rankdata(scores[idx], axis=1)[:, len(neg) :].sum(1)
+        return (ranks - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+
+    low, high = np.percentile(aucs(s) - aucs(reference), [2.5, 97.5])
     return {"difference": diff, "low": float(low), "high": float(high), "rounds": rounds}
 
 
