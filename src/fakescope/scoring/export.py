@@ -143,7 +143,8 @@ def _onnx_int8(fp32: Path, out: Path, calib) -> None:
 def _onnx_head(path: Path) -> list[str]:
     """The ONNX graph's operations after the classifier (its last Gemm or MatMul): the mirror
     average and the sigmoid, left in float for the reason of ``_unquantised``. ONNX Runtime
-    quantises a Reshape's input and output alike, so the logits would be rounded there."""
+    quantises a Reshape's input and output alike, so the logits would be rounded there; the
+    classifier's own output is kept in float by ``OpTypesToExcludeOutputQuantization``."""
     import onnx
 
     nodes = onnx.load(str(path), load_external_data=False).graph.node
