@@ -19,13 +19,12 @@ import csv
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_test import free_port  # noqa: E402
+from load_test import start  # noqa: E402
 
 from fakescope.model.runtime import cpu_summary  # noqa: E402
 
@@ -68,23 +67,8 @@ def by_predict(run: Path, files: list[Path], runtime: str, faces: str, out: Path
 
 
 def by_serve(run: Path, files: list[Path], runtime: str, faces: str):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fakescope.cli", "serve", str(run), "--port", str(port),
-         "--runtime", runtime, "--faces", faces],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start(str(run), ["--runtime", runtime, "--faces", faces])
     try:
-        for _ in range(240):
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise SystemExit(f"serve --runtime {runtime} did not become ready")
         rows, threshold = [], None
         with httpx.Client(timeout=120) as http:
             for f in files:
