@@ -4,8 +4,10 @@ The graph takes the batch (N, 3, S, S) the run's transform makes, with a dynamic
 normalised floats for ONNX, the uint8 pixels for OpenVINO, which normalises them in its graph
 (``_save_openvino``). It returns ``logit`` and ``score`` (the sigmoid); with mirror-image TTA
 both images go through the network as one batch of 2N and their logits are averaged inside the
-graph. int8 is post-training static quantisation calibrated on the run's own training images:
-ONNX Runtime's ``quantize_static`` (QDQ, per-channel weights) for ONNX, NNCF for OpenVINO.
+graph. int8 is static quantisation calibrated on the run's own training images: ONNX Runtime's
+``quantize_static`` (QDQ, per-channel weights) for ONNX; for OpenVINO, NNCF's quantisers in the
+torch network, calibrated and then fine-tuned to reproduce the fp32 logits (``finetune``), or
+with ``finetune=0`` NNCF's post-training quantisation of the OpenVINO graph alone.
 
 Every export is checked before it is kept (``check``): it scores the validation split, and its
 AUC must be within ``AUC_TOLERANCE`` of the torch model's on the same images. Its own threshold
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 AUC_TOLERANCE = 0.002
 CALIBRATION_IMAGES = 32  # per class, from the training split (see _onnx_int8 on memory)
+FINETUNE_STEPS = 300  # batches at most by default: one pass over the demo's 1,540 is 97
 
 
 class _Graph(nn.Module):
@@ -74,7 +77,7 @@ def _data_of(run: Run, data: str | Path | None) -> list[Path]:
     )
 
 
-def _loader(run: Run, datas: list[Path], split: str, limit: int, batch_size: int):
+def _loader(run: Run, datas: list[Path], split: str, limit: int, batch_size: int, shuffle=False):
     """``split`` of every folder in ``datas``, at most ``limit`` images per class in all
     (shared out between the folders; 0: all)."""
     roots, samples = [], []
@@ -89,7 +92,7 @@ def _loader(run: Run, datas: list[Path], split: str, limit: int, batch_size: int
         where = ", ".join(str(d) for d in datas)
         raise FakescopeError(f"{where}: split {split!r} needs images of both classes")
     ds = scoring_dataset(run, roots, samples, prepare=face_prepare(run))
-    return make_loader(ds, batch_size)
+    return make_loader(ds, batch_size, shuffle=shuffle)
 
 
 def _onnx(run: Run, path: Path, batch: int) -> None:
@@ -171,6 +174,26 @@ def _openvino(fp32_onnx: Path, out: Path, calib, int8: bool, spec, quantiles: bo
             ignored_scope=_unquantised(),
         )  # fmt: skip
     _save_openvino(model, out, spec)
+
+
+def torch_to_openvino(net: nn.Module, run: Run, out: Path) -> None:
+    """Save a torch network (such as ``finetune.finetune_int8``'s, whose fake quantisers
+    OpenVINO turns into int8) as the run's OpenVINO graph: mirror average, sigmoid, pixels in."""
+    import warnings
+
+    import openvino as ov
+
+    s = run.input_size
+    with warnings.catch_warnings():  # the tracer's check reruns the quantisers: rounding noise
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        model = ov.convert_model(
+            _Graph(net.eval(), run.tta).eval(), example_input=torch.zeros(2, 3, s, s),
+            input=[ov.PartialShape([-1, 3, s, s])],
+        )  # fmt: skip
+    for port, name in zip(model.outputs, ("logit", "score"), strict=True):  # as ONNX names them
+        port.get_tensor().set_names({name})
+        port.get_node().set_friendly_name(name)
+    _save_openvino(model, out, run.spec)
 
 
 def _quantile_ranges():
@@ -337,10 +360,14 @@ def export_run(
     limit: int = 0,
     calibration: int = CALIBRATION_IMAGES,
     batch_size: int = 16,
+    finetune: int | None = None,
 ) -> Artifact:
     """Export, check and keep (or refuse) one artifact; returns it. ``limit`` caps the
     validation images per class (0: all) and ``calibration`` the training images per class, each
-    in all, shared out between the data sets checked on."""
+    in all, shared out between the data sets checked on. ``finetune``: batches of training
+    images by which OpenVINO int8 is fine-tuned after calibration (``finetune.finetune_int8``;
+    None: one pass over the training split, at most ``FINETUNE_STEPS``; 0: post-training
+    quantisation alone)."""
     if to not in ("onnx", "openvino"):
         raise FakescopeError(f"--to must be onnx or openvino, not {to!r}")
     run = run if isinstance(run, Run) else load_run(run)
@@ -355,6 +382,7 @@ def export_run(
         fp32 = tmp / "fp32.onnx"
         _onnx(run, fp32, batch_size)
         calib = _loader(run, data, "train", calibration, batch_size) if int8 else None
+        finetuned = None  # what fine-tuning measured, where it ran
         if to == "onnx":
             model_file = tmp / f"{name}.onnx"
             if int8:
@@ -362,6 +390,15 @@ def export_run(
                 _onnx_int8(fp32, model_file, _calibration(calib))
             else:
                 fp32.rename(model_file)
+        elif int8 and finetune != 0:
+            model_file = tmp / f"{name}.xml"
+            train = _loader(run, data, "train", 0, batch_size, shuffle=True)
+            steps = min(len(train), FINETUNE_STEPS) if finetune is None else finetune
+            log.info("int8: calibrating, then fine-tuning for %d batches of training images", steps)
+            from .finetune import finetune_int8
+
+            net, finetuned = finetune_int8(run.model, [x for x, _, _ in calib], train, steps)
+            torch_to_openvino(net, run, model_file)
         else:
             model_file = tmp / f"{name}.xml"
             _openvino(fp32, model_file, _calibration(calib) if int8 else (), int8, run.spec)
@@ -370,15 +407,25 @@ def export_run(
         log.info("checking %s on the validation split", name)
         result = check(run, model_file, to, val)
         method = ("nncf" if to == "openvino" else "onnxruntime static QDQ") if int8 else "none"
-        # Where OpenVINO int8 misses, two more tries, each checked: quantile activation
-        # ranges, then NNCF's accuracy control. FAKESCOPE_FAULT=int8-refused: tests take both.
-        retries = [
-            ("plain_int8", "quantile activation ranges", "nncf, quantile ranges",
-             lambda: _openvino(fp32, model_file, _calibration(calib), True, run.spec, True)),
-            ("quantile_int8", "NNCF's accuracy control", "nncf accuracy control",
-             lambda: _openvino_accuracy_control(
-                 fp32, model_file, _calibration(calib), val, AUC_TOLERANCE / 2, run.spec)),
-        ] if to == "openvino" and int8 else []  # fmt: skip
+        # Where OpenVINO int8 misses, more tries, each checked: after post-training
+        # quantisation alone, quantile activation ranges; after either, NNCF's accuracy
+        # control. FAKESCOPE_FAULT=int8-refused: tests take them all.
+        accuracy_control = (
+            "NNCF's accuracy control", "nncf accuracy control",
+            lambda: _openvino_accuracy_control(
+                fp32, model_file, _calibration(calib), val, AUC_TOLERANCE / 2, run.spec),
+        )  # fmt: skip
+        if finetuned:
+            method = "nncf, quantisation-aware fine-tuning"
+            retries = [("finetuned_int8", *accuracy_control)]
+        elif to == "openvino" and int8:
+            retries = [
+                ("plain_int8", "quantile activation ranges", "nncf, quantile ranges",
+                 lambda: _openvino(fp32, model_file, _calibration(calib), True, run.spec, True)),
+                ("quantile_int8", *accuracy_control),
+            ]  # fmt: skip
+        else:
+            retries = []
         tried = {}  # the numbers of the tries that failed, by name
         for failed, how, again, quantise in retries:
             if result["passed"] and not injected("int8-refused"):
@@ -410,6 +457,7 @@ def export_run(
         "data": [str(d) for d in data],
         "calibration_images_per_class": calibration if int8 else 0,
         "quantisation": method,
+        "finetune": finetuned,
         "input": (
             f"uint8 (N, 3, {run.input_size}, {run.input_size}) pixels, normalised in the graph"
             if to == "openvino"
