@@ -37,6 +37,7 @@ from ..faults import injected
 from ..model.runtime import cpu_summary, select_runtime
 from ..runs import Run, load_run, write_json
 from .engines import EXPORT_DIR, Artifact, backend_of
+from .finetune import finetune_int8
 from .scorer import Scorer, TorchBackend
 
 log = logging.getLogger(__name__)
@@ -370,6 +371,10 @@ def export_run(
     quantisation alone)."""
     if to not in ("onnx", "openvino"):
         raise FakescopeError(f"--to must be onnx or openvino, not {to!r}")
+    if finetune is not None and (finetune < 0 or not (to == "openvino" and int8)):
+        raise FakescopeError(
+            f"--finetune {finetune}: a number of batches (0 or more), for --to openvino --int8 only"
+        )
     run = run if isinstance(run, Run) else load_run(run)
     data = _data_of(run, data)
     name = f"{to}-{'int8' if int8 else 'fp32'}"
@@ -395,8 +400,6 @@ def export_run(
             train = _loader(run, data, "train", 0, batch_size, shuffle=True)
             steps = min(len(train), FINETUNE_STEPS) if finetune is None else finetune
             log.info("int8: calibrating, then fine-tuning for %d batches of training images", steps)
-            from .finetune import finetune_int8
-
             net, finetuned = finetune_int8(run.model, [x for x, _, _ in calib], train, steps)
             torch_to_openvino(net, run, model_file)
         else:
@@ -416,7 +419,10 @@ def export_run(
                 fp32, model_file, _calibration(calib), val, AUC_TOLERANCE / 2, run.spec),
         )  # fmt: skip
         if finetuned:
-            method = "nncf, quantisation-aware fine-tuning"
+            method = (
+                "nncf, quantisation-aware fine-tuning" if finetuned["kept"] == "fine-tuned"
+                else "nncf in torch, calibrated (fine-tuning moved the logits away; not kept)"
+            )  # fmt: skip
             retries = [("finetuned_int8", *accuracy_control)]
         elif to == "openvino" and int8:
             retries = [
