@@ -91,7 +91,8 @@ def test_faces_never_decodes_big_jpegs_small_and_scores_them_alike(small_run, tm
 
 def test_one_scoring_path():
     """evaluation imports neither training nor the Predictor; every caller scores through
-    the Scorer (no second model call outside scoring/ and the training step itself)."""
+    the Scorer (no second model call outside scoring/ and the training steps themselves: int8
+    fine-tuning's teacher is the folded network, a training target, not a score)."""
     src = ROOT / "src" / "fakescope"
     imports = [
         line
@@ -104,4 +105,4 @@ def test_one_scoring_path():
         for p in src.rglob("*.py")
         if "inference_model(" in p.read_text()
     )
-    assert hits == ["model/detector.py", "scoring/scorer.py"]
+    assert hits == ["model/detector.py", "scoring/finetune.py", "scoring/scorer.py"]
