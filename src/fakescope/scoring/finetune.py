@@ -4,7 +4,8 @@ Post-training int8 moves a mobilenet_v2's logits by about 0.7-1.0 RMS, spread ov
 network, and its verdicts near the threshold with them (docs/benchmarks.md, sessions 22-23).
 Here NNCF puts its fake quantisers into the torch network (BatchNorm folded first, as every
 runtime runs it), calibrates them on the run's training images as post-training quantisation
-would, and then trains weights and quantiser ranges for a few steps so that the int8 network
+would, and then trains weights and quantiser ranges (one pass over the training split by
+default) so that the int8 network
 reproduces the fp32 network's logits on the training images (distillation from the network
 itself: no labels, so the run's decision is what is kept, not refitted). The result is an
 ordinary torch module that OpenVINO converts to an int8 graph.
@@ -24,12 +25,15 @@ from ..model.detector import inference_model
 
 log = logging.getLogger(__name__)
 
-LR = 1e-5  # NNCF's advice for fine-tuning a quantised network: a small fraction of training's
+# NNCF's example for fine-tuning a quantised network; on the demo 1e-4 diverged and 3e-5 over
+# two passes came no closer (docs/benchmarks.md, session 23)
+LR = 1e-5
 
 
 class _Module(nn.Module):
-    """A plain module around the folded network: NNCF takes a ``torch.fx.GraphModule`` (what
-    folding returns) for its experimental fx backend, which does not train."""
+    """A plain module around the folded network: NNCF sends a ``torch.fx.GraphModule`` (what
+    folding returns) to its experimental fx backend; this keeps it on the torch backend that
+    NNCF's quantisation-aware training guide uses."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
