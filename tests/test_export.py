@@ -123,8 +123,9 @@ def test_int8_fine_tuning_keeps_the_closer_network_and_converts_faithfully(run_c
     net, f = finetune_int8(run.model, calib, train, steps=12, progress=False)
     assert f["steps"] == 12 and f["kept"] in ("fine-tuned", "calibrated")
     assert (f["kept"] == "fine-tuned") == (f["logit_rmse_after"] < f["logit_rmse_before"])
+    fp32 = inference_model(run.model)
     with torch.no_grad():
-        kept_rmse = torch.cat([(net(x) - inference_model(run.model)(x)).reshape(-1) for x in calib])
+        kept_rmse = torch.cat([(net(x) - fp32(x)).reshape(-1) for x in calib])
     assert float(kept_rmse.square().mean().sqrt()) == pytest.approx(
         min(f["logit_rmse_after"], f["logit_rmse_before"]), rel=1e-4
     )
