@@ -64,23 +64,32 @@ def test_sweep_covers_030_to_090(scores):
     assert recalls == sorted(recalls, reverse=True)  # a higher threshold never finds more
 
 
-def test_youden_nearest_keeps_a_preferred_threshold_that_ties():
-    from fakescope.evaluation.metrics import ideal_thresholds, youden_nearest
+def test_agreeing_threshold_reproduces_another_models_verdicts():
+    from fakescope.evaluation.metrics import agreeing_threshold
 
-    y = np.array([0, 0, 0, 1, 1, 1])
-    s = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])  # every t in (0.3, 0.7] separates perfectly
-    assert ideal_thresholds(y, s)["youden"] == pytest.approx(0.7)
-    assert youden_nearest(y, s, 0.5) == 0.5
-    # within one image of the best J counts as a tie; two images worse never does
+    ref = np.array([0, 0, 0, 1, 1, 1], dtype=bool)
+    # every t in (0.3, 0.7] agrees; the gap's middle, not the end nearest the preference
+    t, unlike = agreeing_threshold([0.1, 0.2, 0.3, 0.7, 0.8, 0.9], ref, prefer=0.35)
+    assert (t, unlike) == (pytest.approx(0.5), 0)
+    # scores shifted down as int8 shifts them: the threshold follows, whatever Youden says
     rng = np.random.default_rng(0)
-    y2 = np.repeat([0, 1], 50)
-    s2 = np.clip(rng.normal(0.35 + 0.3 * y2, 0.15), 0, 1)
-    for prefer in (0.0, 0.3, 0.5, 0.7, 1.0):
-        t = youden_nearest(y2, s2, prefer)
-        pred = s2 >= t
-        j = pred[y2 == 1].mean() - pred[y2 == 0].mean()
-        best = max((s2[y2 == 1] >= u).mean() - (s2[y2 == 0] >= u).mean() for u in s2)
-        assert best - j <= 1 / 50 + 1e-9
+    teacher = rng.uniform(0, 1, 400)
+    student = np.clip(teacher - 0.1 + rng.normal(0, 0.01, 400), 0, 1)
+    t, unlike = agreeing_threshold(student, teacher >= 0.6, prefer=0.6)
+    assert 0.47 < t < 0.53 and unlike <= 6
+
+    # brute force: no threshold among the scores agrees more often
+    def differ(u):
+        return int(((student >= u) != (teacher >= 0.6)).sum())
+
+    assert unlike == differ(t) == min(differ(u) for u in [*student, 1.01])
+    # ties between distant gaps go to the one nearest the preference
+    s, r = [0.2, 0.4, 0.6, 0.8], np.array([0, 1, 0, 1], dtype=bool)
+    assert agreeing_threshold(s, r, 0.25)[0] == pytest.approx(0.3)
+    assert agreeing_threshold(s, r, 0.75)[0] == pytest.approx(0.7)
+    # every verdict "fake", or none, at the ends
+    assert agreeing_threshold([0.0, 0.5], np.array([1, 1], dtype=bool), 0.5)[0] <= 0.0
+    assert agreeing_threshold([0.5, 1.0], np.array([0, 0], dtype=bool), 0.5)[0] > 1.0
 
 
 def test_auc_difference_has_a_paired_bootstrap_interval():

@@ -84,25 +84,32 @@ def ideal_thresholds(y, s) -> dict:
     return {"youden": youden, "youden_j": float(j[i]), "f1": float(pthr[k]), "f1_max": float(f1[k])}
 
 
-def youden_nearest(y, s, prefer: float) -> float:
-    """A Youden's J threshold for scores ``s`` that stays near ``prefer`` where it can: of all
-    thresholds whose J is within one validation image of the best (1 / the smaller class's
-    count: a difference the split cannot tell from noise), the one nearest ``prefer``. An
-    export recalibrated next to its source model keeps that model's threshold where it is
-    still as good, rather than jump to another near-tie and change verdicts for nothing."""
-    y = np.asarray(y)
-    fpr, tpr, thr = skm.roc_curve(y, s, drop_intermediate=False)
-    j = tpr - fpr
-    slack = 1.0 / max(1, min(int((y == 1).sum()), int((y == 0).sum())))
-    best = None
-    for i in np.flatnonzero(j >= j.max() - slack - 1e-12):
-        # verdicts s >= t are those of thr[i] for t in (next lower score, thr[i]]
-        hi = min(float(thr[i]), 1.0)
-        lo = float(thr[i + 1]) if i + 1 < len(thr) else 0.0
-        t = min(max(prefer, float(np.nextafter(lo, 1.0))), hi)
-        if best is None or abs(t - prefer) < abs(best - prefer):
-            best = t
-    return float(best)
+def agreeing_threshold(s, reference, prefer: float) -> tuple[float, int]:
+    """The threshold at which scores ``s`` call fake the images ``reference`` (booleans: another
+    model's verdicts on the same images) calls fake, as often as any threshold can; and how many
+    verdicts still differ there. An export recalibrated next to its source model stands in for
+    that model, so its threshold should reproduce the model's verdicts, not re-optimise its own:
+    int8 shifts scores unevenly, and a Youden's J chosen afresh on a few hundred validation
+    images jumps between near-ties and changes verdicts for nothing (docs/benchmarks.md,
+    sessions 22-24). Of the best thresholds, the middle of the gap between two neighbouring
+    scores, the gap nearest ``prefer``: as far from both as it can lie."""
+    s, ref = np.asarray(s, dtype=float), np.asarray(reference, dtype=bool)
+    v = np.unique(s)  # sorted; a threshold in (v[k-1], v[k]] calls fake the scores >= v[k]
+    at = np.searchsorted(v, s)
+
+    def below(mask):  # per k = 0..len(v): how many of mask score under v[k]
+        return np.concatenate([[0], np.cumsum(np.bincount(at[mask], minlength=len(v)))])
+
+    disagree = below(ref) + (int((~ref).sum()) - below(~ref))
+    lo = np.concatenate([[min(0.0, v[0])], v])
+    hi = np.concatenate([v, [max(1.0, v[-1])]])
+    mid = (lo + hi) / 2
+    best = np.flatnonzero(disagree == disagree.min())
+    k = best[np.argmin(np.abs(mid[best] - prefer))]
+    t = float(mid[k])
+    if not lo[k] < t <= hi[k] or (k == len(v) and t <= v[-1]):  # a zero-width gap at 0 or 1
+        t = float(np.nextafter(v[-1], np.inf)) if k == len(v) else float(hi[k])
+    return t, int(disagree[k])
 
 
 def sweep(y, s, thresholds=SWEEP) -> list[dict]:

@@ -11,7 +11,8 @@ with ``finetune=0`` NNCF's post-training quantisation of the OpenVINO graph alon
 
 Every export is checked before it is kept (``check``): it scores the validation split, and its
 AUC must be within ``AUC_TOLERANCE`` of the torch model's on the same images. Its own threshold
-is recalibrated on those scores by the run's criterion (int8 moves scores), and the check's
+is recalibrated on those scores (int8 moves scores): the one at which it gives the torch
+model's verdicts most often (``metrics.agreeing_threshold``), and the check's
 numbers and the model-only rate of both runtimes are written beside the model. An export that
 fails is removed and refused with its numbers.
 """
@@ -320,18 +321,16 @@ def check(run: Run, model_file: Path, runtime: str, val_loader) -> dict:
     # the reference is the network as trained, in fp32: what the export must reproduce
     rt = select_runtime("cpu", precision="fp32")
     ts, ty, trate = _timed_scores(TorchBackend(run.model, rt), run.spec, val_loader)
-    # the speed to beat is torch's as the run scores by default (bf16 where the CPU has it):
-    # `--runtime auto` compares against it
+    # `--runtime torch` as the run scores here (bf16 where the CPU has it): the speed `--runtime
+    # auto` compares against, and the verdicts the export's threshold reproduces
     own = select_runtime("cpu", precision=run.spec.precision)
+    verdicts = ts
     if own.amp_dtype is not None:
-        trate = _timed_scores(TorchBackend(run.model, own), run.spec, _first(val_loader, 4))[2]
+        verdicts, _, trate = _timed_scores(TorchBackend(run.model, own), run.spec, val_loader)
     torch_runtime = own.describe()
     auc, auc_torch = float(M.threshold_free(y, s)["auc"]), float(M.threshold_free(ty, ts)["auc"])
-    criterion = run.meta.thresholds.get("criterion", "youden")
-    thresholds = M.ideal_thresholds(y, s)
-    if criterion == "youden":  # kept near the run's own where as good (metrics.youden_nearest)
-        thresholds["youden"] = M.youden_nearest(y, s, run.threshold)
-    threshold = float(thresholds[criterion])
+    thresholds = M.ideal_thresholds(y, s)  # the export's own optima, for the record
+    agreement, unlike = M.agreeing_threshold(s, verdicts >= run.threshold, run.threshold)
     return {
         "split": "val",
         "n": int(len(y)),
@@ -343,13 +342,19 @@ def check(run: Run, model_file: Path, runtime: str, val_loader) -> dict:
         "auc_difference_95": M.auc_difference(y, s, ts),
         "max_abs_score_difference": float(np.abs(s - ts).max()),
         "threshold_torch": float(run.threshold),  # the run's, calibrated at training
-        "f1_at_own_threshold": M.at_threshold(y, s, threshold)["f1"],
-        "f1_torch_at_its_threshold": M.at_threshold(ty, ts, run.threshold)["f1"],
+        "f1_at_own_threshold": M.at_threshold(y, s, agreement)["f1"],
+        "f1_torch_at_its_threshold": M.at_threshold(ty, verdicts, run.threshold)["f1"],
+        "verdicts_unlike_torch": unlike,  # at the export's threshold, of n
         "img_per_s": rate,
         "torch_img_per_s": trate,
-        "torch_runtime": torch_runtime,  # whose speed torch_img_per_s is
+        "torch_runtime": torch_runtime,  # whose speed torch_img_per_s is, and whose verdicts
         "auc_reference": rt.describe(),  # whose scores auc_torch is
-        "thresholds": {**thresholds, "criterion": criterion},
+        "thresholds": {
+            **thresholds,
+            "agreement": agreement,
+            "criterion": "agreement",  # with torch's verdicts at the run's threshold
+            "run_criterion": run.meta.thresholds.get("criterion", "youden"),
+        },
     }
 
 
