@@ -355,7 +355,7 @@ def run_e2e_bench(
     reported: a shared machine drifts by 10-15 % within minutes (docs/benchmarks.md)."""
     from .data.images import list_files
     from .runs import load_run
-    from .scoring.engines import artifacts, backend_of
+    from .scoring.engines import artifact_backend, artifacts, backend_of
     from .scoring.predictor import Predictor
 
     run = load_run(run)
@@ -405,9 +405,8 @@ def run_e2e_bench(
     # model-only rate (a copy compiled for the batch size) is the stricter yardstick beside it.
     peers = {}
     for art in artifacts(run):
-        rows.append(
-            (art.name, predictor(backend_of(art.runtime, art.model_file, batch=batch), workers))
-        )
+        rows.append((art.name, predictor(artifact_backend(art, run, batch), workers)))
+        # the peer is the file alone, as a user would run it, even where fakescope confirms
         peers[art.name] = Scorer(backend_of(art.runtime, art.model_file), run.spec, batch)
     peer_rates: dict[str, list[float]] = {name: [] for name in peers}
     with child:

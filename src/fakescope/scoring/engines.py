@@ -192,6 +192,47 @@ class OpenVinoBackend:
             return torch.from_numpy(np.asarray(out, np.float32).reshape(-1).copy())
 
 
+class ConfirmingBackend:
+    """An export whose verdicts near the threshold the run's own network confirms: the export
+    scores every image, and those whose logit lies within ``band`` of the export's threshold
+    (in logits) are scored again by ``exact`` (a ``TorchBackend``), whose logit, moved by the
+    two thresholds' difference and kept within the band, replaces the export's. Outside the band the export's verdicts
+    were the network's on every validation image (``export.confirmation_band``), so the
+    verdicts are the network's throughout at the cost of scoring a few images twice. int8
+    moves single logits by ~0.5 (docs/benchmarks.md, session 24); no threshold absorbs that."""
+
+    tta_inside = True
+
+    def __init__(self, fast, exact, band: dict, spec):
+        self.fast, self.exact, self.spec = fast, exact, spec
+        self.centre, self.width = float(band["centre"]), float(band["half_width"])
+        self.shift = float(band["shift"])  # the export's threshold logit minus the network's
+        self.pixels_in = getattr(fast, "pixels_in", False)
+        self.concurrency = getattr(fast, "concurrency", 1)
+        self.runtime = None  # Grad-CAM runs the run's network as with any export
+        self.seen = self.confirmed = 0  # counts, for `bench` and the check
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.fast.logits(x)
+        near = (z - self.centre).abs() <= self.width
+        self.seen += len(z)
+        if near.any():
+            from ..data.transforms import normalise
+
+            xe = x[near]
+            if not xe.is_floating_point():
+                xe = normalise(xe, self.spec.mean, self.spec.std)
+            ze = self.exact.logits(xe)
+            if self.spec.tta:
+                ze = (ze + self.exact.logits(torch.flip(xe, dims=[3]))) / 2
+            z = z.clone()
+            # kept inside the band: the network decides the verdict and the order within it,
+            # the export the order around it, so no score jumps past one it did not rank
+            z[near] = (ze + self.shift).clamp(self.centre - self.width, self.centre + self.width)
+            self.confirmed += int(near.sum())
+        return z
+
+
 def backend_of(
     runtime: str, model_file: Path, threads: int | None = None, batch: int | None = None
 ):
@@ -199,6 +240,21 @@ def backend_of(
     the batch size most calls will have, which OpenVINO compiles a faster copy for."""
     cls = {"onnx": OnnxBackend, "openvino": OpenVinoBackend}[runtime]
     return cls(model_file, threads, batch)
+
+
+def artifact_backend(art: Artifact, run: Run, batch: int | None = None):
+    """The backend an export is scored with, as its check measured it: the file's own, or,
+    for an export made with ``--confirm``, the file's with the run's network confirming the
+    verdicts near the threshold (``ConfirmingBackend``)."""
+    backend = backend_of(art.runtime, art.model_file, batch=batch)
+    band = art.info.get("confirm")
+    if not band:
+        return backend
+    from ..model.runtime import select_runtime
+    from .scorer import TorchBackend
+
+    exact = TorchBackend(run.model, select_runtime("cpu", precision=run.spec.precision))
+    return ConfirmingBackend(backend, exact, band, run.spec)
 
 
 def choose(run: Run, runtime: str = "auto", device: str = "auto") -> Artifact | None:

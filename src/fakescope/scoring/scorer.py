@@ -77,14 +77,14 @@ class Scorer:
     ) -> Scorer:
         """``runtime``: torch, onnx, openvino, or auto (the fastest checked export, else torch;
         ``scoring/engines.py``)."""
-        from .engines import backend_of, choose
+        from .engines import artifact_backend, choose
 
         run = run if isinstance(run, Run) else load_run(run)
         art = choose(run, runtime, device)
         if art is not None:
             log.info("scoring with %s", art.describe())
             own = {**art.info["check"]["thresholds"], "computed_on": f"val ({art.name})"}
-            backend = backend_of(art.runtime, art.model_file, batch=batch_size)
+            backend = artifact_backend(art, run, batch=batch_size)
             return cls(backend, run.spec, batch_size, art.threshold, own, art.name)
         rt = select_runtime(device, precision=run.spec.precision)
         log.info("scoring with torch on %s", rt.describe())
