@@ -196,9 +196,10 @@ class ConfirmingBackend:
     """An export whose verdicts near the threshold the run's own network confirms: the export
     scores every image, and those whose logit lies within ``band`` of the export's threshold
     (in logits) are scored again by ``exact`` (a ``TorchBackend``), whose logit, moved by the
-    two thresholds' difference and kept within the band, replaces the export's. Outside the band the export's verdicts
-    were the network's on every validation image (``export.confirmation_band``), so the
-    verdicts are the network's throughout at the cost of scoring a few images twice. int8
+    two thresholds' difference and kept within the band, replaces the export's. Outside the
+    band the export's verdicts were the network's on every validation image
+    (``export.confirmation_band``), so the verdicts are the network's throughout at the cost
+    of scoring a few images twice. int8
     moves single logits by ~0.5 (docs/benchmarks.md, session 24); no threshold absorbs that."""
 
     tta_inside = True
