@@ -211,7 +211,7 @@ def test_confirm_gives_the_networks_verdicts(run_copy, onnx_fp32, tmp_path):
     assert band["centre"] == pytest.approx(_logit(art.threshold))
     assert band["shift"] == pytest.approx(_logit(art.threshold) - _logit(run.threshold))
     assert c["verdicts_unlike_torch"] == 0 and c["confirmation_band"]["widest_difference"] == 0
-    assert 0 <= c["confirmed_share"] <= 1
+    assert 0 <= c["confirmed_share"] <= 1 and c["unconfirmed"]["auc_torch"] == c["auc_torch"]
     scorer = Scorer.of_run(run, "cpu", runtime="onnx")
     assert isinstance(scorer.backend, ConfirmingBackend) and scorer.engine == "onnx-fp32"
     # the mechanics, with a band wide enough to hold some of a handful of images

@@ -494,7 +494,7 @@ def export_run(
             quantise()
             result, method = check(run, model_file, to, val), again
         band = None
-        if confirm and result["passed"]:
+        if confirm:  # the export is kept or refused as it will score: confirmed
             threshold = result["thresholds"]["agreement"]
             band = {**result["confirmation_band"], "threshold": threshold}
             log.info(
@@ -502,7 +502,9 @@ def export_run(
                 "its threshold (%.1f %% of the validation images)",
                 name, band["half_width"], 100 * band["val_share_within"],
             )  # fmt: skip
+            unconfirmed = {k: result[k] for k in ("auc", "auc_torch", "passed")}
             result = check(run, model_file, to, val, confirm=band)
+            result["unconfirmed"] = unconfirmed
         result.update(tried)
         if not result["passed"]:
             raise FakescopeError(
