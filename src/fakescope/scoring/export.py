@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 
 AUC_TOLERANCE = 0.002
 CALIBRATION_IMAGES = 32  # per class, from the training split (see _onnx_int8 on memory)
-# the confirmation band's half-width, in multiples of the widest validation disagreement: the
-# demo's test disagreements lay up to 1.3x further out than its validation ones (session 24)
+# the confirmation band's half-width, in multiples of the widest validation disagreement: a
+# safety margin for images further out than any of the few hundred validation ones (on the
+# demo the test split's widest lay 1.27x out; docs/benchmarks.md, session 24)
 CONFIRM_MARGIN = 1.5
 FINETUNE_STEPS = 300  # batches at most by default: one pass over the demo's 1,540 is 97
 
