@@ -107,7 +107,7 @@ def agreeing_threshold(s, reference, prefer: float) -> tuple[float, int]:
     best = np.flatnonzero(disagree == disagree.min())
     k = best[np.argmin(np.abs(mid[best] - prefer))]
     t = float(mid[k])
-    if not lo[k] < t <= hi[k] or (k == len(v) and t <= v[-1]):  # a zero-width gap at 0 or 1
+    if not lo[k] < t <= hi[k]:  # a zero-width gap: every score 0 is fake, or none of 1 is
         t = float(np.nextafter(v[-1], np.inf)) if k == len(v) else float(hi[k])
     return t, int(disagree[k])
 

@@ -199,8 +199,8 @@ class ConfirmingBackend:
     two thresholds' difference and kept within the band, replaces the export's. Outside the
     band the export's verdicts were the network's on every validation image
     (``export.confirmation_band``), so the verdicts are the network's throughout at the cost
-    of scoring a few images twice. int8
-    moves single logits by ~0.5 (docs/benchmarks.md, session 24); no threshold absorbs that."""
+    of scoring a few images twice. int8 moves single logits by ~0.5, unevenly between the
+    classes (docs/benchmarks.md, session 24): no threshold absorbs that."""
 
     tta_inside = True
 
