@@ -147,9 +147,10 @@ def test_int8_fine_tuning_keeps_the_closer_network_and_converts_faithfully(run_c
         want = back.logits(back.as_input(pixels))
     got = scorer.logits(pixels)
     # int8 kernels round where the fake quantisers do not quite (the demo: 0.46 RMS from fp32
-    # either way); a graph that lost the normalisation, the mirror or the classifier's float
-    # output would be off by whole logits
-    assert float((got - want).abs().mean()) < 0.15 and float((got - want).abs().max()) < 0.5
+    # either way; here mean 0.1 with VNNI, 0.3 and at most 0.66 on an AVX2-only CPU); a graph
+    # that lost the normalisation, the mirror or the classifier's float output would be off by
+    # whole logits
+    assert float((got - want).abs().mean()) < 0.5 and float((got - want).abs().max()) < 1.0
     assert float(torch.corrcoef(torch.stack([got, want]))[0, 1]) > 0.99
 
 
