@@ -249,8 +249,11 @@ def artifact_backend(art: Artifact, run: Run, batch: int | None = None):
     verdicts near the threshold (``ConfirmingBackend``)."""
     backend = backend_of(art.runtime, art.model_file, batch=batch)
     band = art.info.get("confirm")
-    if not band:
-        return backend
+    return confirming(backend, run, band) if band else backend
+
+
+def confirming(backend, run: Run, band: dict) -> ConfirmingBackend:
+    """``backend`` with the run's network, as `--runtime torch` runs it here, confirming."""
     from ..model.runtime import select_runtime
     from .scorer import TorchBackend
 

@@ -37,7 +37,7 @@ from ..evaluation.sets import cap_per_class
 from ..faults import injected
 from ..model.runtime import cpu_flags, cpu_summary, select_runtime
 from ..runs import Run, load_run, write_json
-from .engines import EXPORT_DIR, Artifact, ConfirmingBackend, backend_of
+from .engines import EXPORT_DIR, Artifact, backend_of, confirming
 from .finetune import finetune_int8
 from .scorer import Scorer, TorchBackend
 
@@ -351,9 +351,7 @@ def check(run: Run, model_file: Path, runtime: str, val_loader, confirm: dict | 
     # checked as predict and evaluate will run it, batch size included
     backend = backend_of(runtime, model_file, batch=val_loader.batch_size)
     if confirm:
-        own = select_runtime("cpu", precision=run.spec.precision)
-        exact = TorchBackend(run.model, own)
-        backend = ConfirmingBackend(backend, exact, confirm, run.spec)
+        backend = confirming(backend, run, confirm)
     s, y, rate = _timed_scores(backend, run.spec, val_loader)
     # the reference is the network as trained, in fp32: what the export must reproduce
     rt = select_runtime("cpu", precision="fp32")
