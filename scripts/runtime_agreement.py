@@ -26,7 +26,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load_test import start  # noqa: E402
 
+from fakescope.errors import FakescopeError  # noqa: E402
 from fakescope.model.runtime import cpu_summary  # noqa: E402
+from fakescope.runs import load_run  # noqa: E402
+from fakescope.scoring.engines import choose  # noqa: E402
 
 
 def cli(*args: str) -> None:
@@ -103,6 +106,12 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
+    try:  # every runtime named must exist before minutes are spent on the first
+        run = load_run(a.run)
+        for rt in a.runtimes:
+            choose(run, rt)
+    except FakescopeError as e:
+        sys.exit(f"runtime_agreement: {e}")
     a.out.mkdir(parents=True, exist_ok=True)
     files = test_files(a.run, a.data)
     print(f"{a.run}: {len(files)} test files of {a.data}, faces {a.faces}; CPU: {cpu_summary()}")

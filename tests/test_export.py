@@ -16,7 +16,7 @@ from fakescope.errors import FakescopeError
 from fakescope.model.detector import inference_model
 from fakescope.model.runtime import select_runtime
 from fakescope.runs import load_run
-from fakescope.scoring.engines import artifacts, backend_of, choose
+from fakescope.scoring.engines import artifacts, backend_of, choose, signal_stack
 from fakescope.scoring.export import export_run
 from fakescope.scoring.predictor import Predictor
 from fakescope.scoring.scorer import Scorer, TorchBackend
@@ -88,12 +88,15 @@ def test_openvino_int8_is_checked_and_calibrated(run_copy, onnx_fp32):
     """NNCF's int8 from the run's own training images, calibrated and then fine-tuned (the
     default): kept only within 0.002 AUC; either way the numbers are there (an int8 model
     that misses is refused, not kept)."""
+    before = signal_stack()
     try:
         art = export_run(run_copy, "openvino", int8=True, limit=LIMIT, calibration=8, finetune=4)
     except FakescopeError as e:
         assert "refused: validation AUC" in str(e)
         assert not (run_copy / "export" / "openvino-int8.json").exists()
         return
+    finally:  # NNCF's own OpenVINO Cores came and went: the signal stack is put back
+        assert signal_stack() == before
     c = art.info["check"]
     assert art.int8 and c["passed"] and abs(c["auc"] - c["auc_torch"]) <= 0.002
     assert art.info["calibration_images_per_class"] == 8
@@ -311,16 +314,19 @@ def test_openvino_exports_take_pixels_and_score_as_torch_does(run_copy, onnx_fp3
     np.testing.assert_array_equal(from_loader, from_images)
 
 
-def _openvino_of(onnx_fp32, tmp_path, batch):
-    """The ONNX export as OpenVINO reads it, behind the backend ``Scorer`` uses."""
+def _openvino_file(onnx_fp32, tmp_path):
+    """The ONNX export as an OpenVINO file."""
     import openvino as ov
-
-    from fakescope.scoring.engines import backend_of
 
     tmp_path.mkdir(exist_ok=True)
     model_file = tmp_path / "model.xml"
     ov.save_model(ov.convert_model(str(onnx_fp32.model_file)), str(model_file))
-    return backend_of("openvino", model_file, batch=batch)
+    return model_file
+
+
+def _openvino_of(onnx_fp32, tmp_path, batch):
+    """The ONNX export as OpenVINO reads it, behind the backend ``Scorer`` uses."""
+    return backend_of("openvino", _openvino_file(onnx_fp32, tmp_path), batch=batch)
 
 
 def test_openvino_splits_full_batches_across_two_streams(run_copy, onnx_fp32, tmp_path):
@@ -351,6 +357,33 @@ def test_openvino_splits_full_batches_across_two_streams(run_copy, onnx_fp32, tm
         futures = [pool.submit(backend.logits, x) for _ in range(18)]
         got = [f.result(timeout=120) for f in futures]
     assert all(torch.equal(g, whole) for g in got)
+
+
+# Run as a child: before the fix its death was the test process's (SIGSEGV, no traceback).
+SIGNAL_AFTER_TWO_BACKENDS = """
+import gc, os, signal, sys
+from pathlib import Path
+from fakescope.scoring.engines import backend_of
+first = backend_of("openvino", Path(sys.argv[1]), batch=4)
+second = backend_of("openvino", Path(sys.argv[1]), batch=4)
+del first; gc.collect(); del second; gc.collect()
+signal.signal(signal.SIGUSR1, lambda *_: print("handled", flush=True))
+os.kill(os.getpid(), signal.SIGUSR1)
+print("survived")
+"""
+
+
+def test_a_signal_after_openvino_backends_go_is_handled(onnx_fp32, tmp_path):
+    """OpenVINO's CPU plugin swaps a thread's signal stack for its own and, as its Core goes,
+    puts back the one it found, even one since unmapped: two backends freed in the order they
+    were made left the main thread's signal stack in unmapped memory and the next Python
+    signal handler (a DataLoader's SIGCHLD) crashed session 24's suite. With one Core for the
+    process (``engines.openvino_core``) the handler runs."""
+    model_file = _openvino_file(onnx_fp32, tmp_path)
+    done = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_TWO_BACKENDS, str(model_file)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.split() == ["handled", "survived"]
 
 
 def test_predict_keeps_two_batches_in_flight_and_torch_to_one_thread(run_copy, onnx_fp32, tmp_path):

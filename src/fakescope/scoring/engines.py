@@ -17,9 +17,13 @@ not flip again.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import json
 import logging
 import queue
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +112,59 @@ class OnnxBackend:
         return torch.from_numpy(np.asarray(out[0], np.float32).reshape(-1))
 
 
+# OpenVINO's CPU plugin gives the thread that first compiles on a Core a signal stack of its
+# own (``sigaltstack``) and, when that Core goes, puts back the stack it found there, even where
+# that was another Core's and has since been unmapped. Two Cores freed in the order they were
+# made thus leave the thread's signal stack in unmapped memory, and the next signal a Python
+# handler takes (SIGCHLD from a DataLoader worker, Ctrl-C) kills the process with SIGSEGV and no
+# traceback: session 24's crash of the test suite (docs/benchmarks.md, session 25). Our
+# backends share one Core that never goes; NNCF makes Cores of its own, so exports run inside
+# ``signal_stack_kept``.
+
+
+@functools.cache
+def openvino_core():
+    """The process's one OpenVINO ``Core``, kept for its life (see above)."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+class _SignalStack(ctypes.Structure):
+    _fields_ = [
+        ("ss_sp", ctypes.c_void_p),
+        ("ss_flags", ctypes.c_int),
+        ("ss_size", ctypes.c_size_t),
+    ]
+
+
+def signal_stack() -> int:
+    """The address of the calling thread's signal stack (0: none; or not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    now = _SignalStack()
+    ctypes.CDLL(None).sigaltstack(None, ctypes.byref(now))
+    return now.ss_sp or 0
+
+
+@contextlib.contextmanager
+def signal_stack_kept():
+    """The calling thread's signal stack as it was before, whatever OpenVINO Cores made and
+    freed inside did to it (see above). A Core made inside that outlives the block then finds
+    a stack not its own in place and leaves it (OpenVINO puts back only over its own)."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None)
+    before = _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(before))
+    try:
+        yield
+    finally:
+        if signal_stack() != (before.ss_sp or 0):
+            libc.sigaltstack(ctypes.byref(before), None)
+
+
 class OpenVinoBackend:
     tta_inside = True
     runtime = None
@@ -129,7 +186,7 @@ class OpenVinoBackend:
         config = {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        core = ov.Core()
+        core = openvino_core()
         self.fixed = None  # (batch size, part size, its "logit" output) for full batches
         self._parts: queue.SimpleQueue = queue.SimpleQueue()  # its idle infer requests
         self._lock = threading.Lock()  # the dynamic model's one request

@@ -37,7 +37,7 @@ from ..evaluation.sets import cap_per_class
 from ..faults import injected
 from ..model.runtime import cpu_flags, cpu_summary, select_runtime
 from ..runs import Run, load_run, write_json
-from .engines import EXPORT_DIR, Artifact, backend_of, confirming
+from .engines import EXPORT_DIR, Artifact, backend_of, confirming, signal_stack_kept
 from .finetune import finetune_int8
 from .scorer import Scorer, TorchBackend
 
@@ -400,6 +400,7 @@ def check(run: Run, model_file: Path, runtime: str, val_loader, confirm: dict | 
     }
 
 
+@signal_stack_kept()  # NNCF's own OpenVINO Cores (engines.py)
 def export_run(
     run: str | Path | Run,
     to: str = "onnx",
