@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 # NNCF's example for fine-tuning a quantised network; on the demo 1e-4 diverged and 3e-5 over
 # two passes came no closer (docs/benchmarks.md, session 23)
 LR = 1e-5
+EXTENSION_BUILD_SECONDS = 600  # how long NNCF may take to build its extension (see finetune_int8)
 
 
 class _Module(nn.Module):
@@ -63,6 +65,9 @@ def finetune_int8(
     random. Returns it in eval mode with what the fine-tuning measured: the logits' RMS
     difference from fp32 on the calibration batches before and after, and which was kept
     (the fine-tuned network only where it is the closer)."""
+    # NNCF compiles its torch quantisers (a C++ extension) on first use in each environment and
+    # gives up after 60 s; on 2 cores with anything else running that took longer (session 25)
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", str(EXTENSION_BUILD_SECONDS))
     import nncf
 
     teacher = inference_model(model)
