@@ -138,13 +138,19 @@ class _SignalStack(ctypes.Structure):
     ]
 
 
-def signal_stack() -> int:
-    """The address of the calling thread's signal stack (0: none; or not Linux)."""
+def _signal_stack_now() -> _SignalStack | None:
+    """The calling thread's signal stack (None: not Linux, where none of this applies)."""
     if not sys.platform.startswith("linux"):
-        return 0
+        return None
     now = _SignalStack()
     ctypes.CDLL(None).sigaltstack(None, ctypes.byref(now))
-    return now.ss_sp or 0
+    return now
+
+
+def signal_stack() -> int:
+    """The address of the calling thread's signal stack (0: none; or not Linux)."""
+    now = _signal_stack_now()
+    return (now.ss_sp or 0) if now else 0
 
 
 @contextlib.contextmanager
@@ -152,17 +158,12 @@ def signal_stack_kept():
     """The calling thread's signal stack as it was before, whatever OpenVINO Cores made and
     freed inside did to it (see above). A Core made inside that outlives the block then finds
     a stack not its own in place and leaves it (OpenVINO puts back only over its own)."""
-    if not sys.platform.startswith("linux"):
-        yield
-        return
-    libc = ctypes.CDLL(None)
-    before = _SignalStack()
-    libc.sigaltstack(None, ctypes.byref(before))
+    before = _signal_stack_now()
     try:
         yield
     finally:
-        if signal_stack() != (before.ss_sp or 0):
-            libc.sigaltstack(ctypes.byref(before), None)
+        if before is not None and signal_stack() != (before.ss_sp or 0):
+            ctypes.CDLL(None).sigaltstack(ctypes.byref(before), None)
 
 
 class OpenVinoBackend:
