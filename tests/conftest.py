@@ -39,6 +39,14 @@ def threads_per_process(procs: int):
 def pytest_configure(config):
     if not SG.is_dir():
         raise pytest.UsageError(f"sample data not found at {SG}; set FAKESCOPE_SHARED")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Two workers on two cores: each keeps torch (and what it starts) to one thread. With
+        # torch's default of one thread per core in both, the suite was no faster than one
+        # worker (OpenMP threads waiting on each other across a busy machine; session 26).
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -65,14 +73,39 @@ def sg_images(label: str, split: str = "test", n: int = 4) -> list[Path]:
     return [SG / p for p, lab, sp in rows if lab == label and sp.strip() == split][:n]
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """``make(folder)``, once for the whole test session, and a private copy of what it made.
+
+    Under pytest-xdist every worker process has a session of its own: the first worker to
+    get here makes ``name`` in the directory the workers share, under a file lock, and the
+    others wait for it; each then works on a copy, as tests write into what they are given."""
+    mine = tmp_path_factory.mktemp(name) / name
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        make(mine)
+        return mine
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+    with FileLock(f"{shared}.lock"):
+        if not (shared / ".complete").exists():
+            shutil.rmtree(shared, ignore_errors=True)
+            make(shared)
+            (shared / ".complete").touch()
+    shutil.copytree(shared, mine, ignore=shutil.ignore_patterns(".complete"))
+    return mine
+
+
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory, torch_home):
     """mobilenet_v2 from ImageNet weights, fine-tuned briefly at 160 px on a slice of sg-ffhq,
     two steps (the second with frozen stages) so the whole schedule runs. Weak but real."""
+    return made_once(tmp_path_factory, "small", _train_small_run)
+
+
+def _train_small_run(out: Path) -> None:
     from fakescope.config import TrainConfig
     from fakescope.training.loop import train
 
-    out = tmp_path_factory.mktemp("runs") / "small"
     cfg = TrainConfig(
         data=str(SG),
         out=str(out),
@@ -88,7 +121,6 @@ def small_run(tmp_path_factory, torch_home):
         tensorboard=True,
     )
     train(cfg, progress=False)
-    return out
 
 
 def pytest_addoption(parser):
@@ -97,3 +129,27 @@ def pytest_addoption(parser):
         default=None,
         help="where test_page saves a screenshot of the page with a group photo (for the docs)",
     )
+
+
+# The files that take longest (seconds of one serial run on 2 AVX2 cores, docs/benchmarks.md,
+# session 26): scripts/test.sh runs the suite on two pytest-xdist workers, each taking whole
+# files, and handing these out first keeps one worker from finishing alone on a long file.
+SLOWEST_FILES = [
+    "test_export.py",
+    "test_crash.py",
+    "test_training_options.py",
+    "test_paper_checks.py",
+    "test_ensemble.py",
+    "test_in_the_wild.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # a serial run keeps the files in their order
+
+    def rank(item) -> int:
+        name = item.path.name
+        return SLOWEST_FILES.index(name) if name in SLOWEST_FILES else len(SLOWEST_FILES)
+
+    items.sort(key=rank)  # stable: within a file, and among the rest, the order stays

@@ -20,8 +20,10 @@ CHECKS = ["input_size", "finetune", "steps", "head", "data_size", "imbalance"]
 @pytest.fixture(scope="module")
 def checks(tmp_path_factory, torch_home):
     out = tmp_path_factory.mktemp("checks")
+    # the runs get this process's threads: one each under the suite's two xdist workers
+    threads = str(torch.get_num_threads())
     cmd = [sys.executable, str(ROOT / "scripts" / "paper_checks.py"), *CHECKS, "--scale", "tiny",
-           "--seeds", "0", "--threads", "2", "--workers", "0", "--data", str(SG),
+           "--seeds", "0", "--threads", threads, "--workers", "0", "--data", str(SG),
            "--weights", str(MOBILENET_FILE), "--out", str(out)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
