@@ -131,9 +131,10 @@ def pytest_addoption(parser):
     )
 
 
-# The files that take longest (seconds of one serial run on 2 AVX2 cores, docs/benchmarks.md,
-# session 26): scripts/test.sh runs the suite on two pytest-xdist workers, each taking whole
-# files, and handing these out first keeps one worker from finishing alone on a long file.
+# The files that take longest, slowest first (one serial run on 2 AVX2 cores: 510 s down to
+# 76 s; docs/benchmarks.md, session 26). scripts/test.sh runs the suite on two pytest-xdist
+# workers, each taking whole files; handing these out first keeps one worker from finishing
+# alone on a long file.
 SLOWEST_FILES = [
     "test_export.py",
     "test_crash.py",
