@@ -36,10 +36,15 @@ def threads_per_process(procs: int):
         torch.set_num_threads(before)
 
 
+def xdist_worker() -> bool:
+    """Whether this process is one of pytest-xdist's workers (scripts/test.sh starts two)."""
+    return bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+
 def pytest_configure(config):
     if not SG.is_dir():
         raise pytest.UsageError(f"sample data not found at {SG}; set FAKESCOPE_SHARED")
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if xdist_worker():
         # Two workers on two cores: each keeps torch (and what it starts) to one thread. With
         # torch's default of one thread per core in both, the suite was no faster than one
         # worker (OpenMP threads waiting on each other across a busy machine; session 26).
@@ -80,7 +85,7 @@ def made_once(tmp_path_factory, name: str, make) -> Path:
     get here makes ``name`` in the directory the workers share, under a file lock, and the
     others wait for it; each then works on a copy, as tests write into what they are given."""
     mine = tmp_path_factory.mktemp(name) / name
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+    if not xdist_worker():
         make(mine)
         return mine
     from filelock import FileLock
@@ -146,7 +151,7 @@ SLOWEST_FILES = [
 
 
 def pytest_collection_modifyitems(config, items):
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+    if not xdist_worker():
         return  # a serial run keeps the files in their order
 
     def rank(item) -> int:
