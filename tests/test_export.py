@@ -50,7 +50,7 @@ def test_the_onnx_graph_scores_as_torch_does(run_copy, onnx_fp32):
     d = info["check"]["auc_difference_95"]
     assert d["difference"] == pytest.approx(info["check"]["auc"] - info["check"]["auc_torch"])
     assert d["low"] <= d["difference"] <= d["high"] and d["rounds"] == 1000
-    assert info["weights_sha256"] == run.meta.weights_sha256
+    assert info["weights_sha256"] == run.meta.weights_sha256 and info["fp32_graph"] == "exported"
     assert "fp32" in info["check"]["auc_reference"] and info["check"]["torch_img_per_s"] > 0
     c = info["check"]
     assert 0 < info["threshold"] < 1 and c["thresholds"]["criterion"] == "agreement"
@@ -103,6 +103,8 @@ def test_openvino_int8_is_checked_and_calibrated(run_copy, onnx_fp32):
     f = art.info["finetune"]
     assert f["steps"] == 4 and art.info["input"].startswith("uint8")
     assert ("quantisation-aware" in art.info["quantisation"]) == (f["kept"] == "fine-tuned")
+    # an fp32 graph only where accuracy control needed one: the run's checked ONNX export
+    assert art.info["fp32_graph"] == ("onnx-fp32.onnx" if "finetuned_int8" in c else None)
     assert (run_copy / "export" / "openvino-int8.bin").exists()
     # the logits leave the classifier unrounded: quantised on their way to the mirror average,
     # they were clipped to the calibration's range (every confident fake one score)
@@ -164,7 +166,7 @@ def test_finetune_is_refused_where_it_has_no_meaning(run_copy, to, int8, batches
         export_run(run_copy, to, int8=int8, finetune=batches)
 
 
-def test_onnx_int8_is_checked_and_leaves_the_logits_in_float(run_copy, onnx_fp32, tmp_path):
+def test_onnx_int8_is_checked_and_leaves_the_logits_in_float(run_copy, onnx_fp32, tmp_path, caplog):
     """ONNX Runtime's static int8 (QDQ), calibrated on the run's training images and checked
     like every export (kept or refused with its numbers: this 96 px run, three batches from
     chance, scores its images within a few hundredths of each other, which int8's rounding
@@ -174,6 +176,7 @@ def test_onnx_int8_is_checked_and_leaves_the_logits_in_float(run_copy, onnx_fp32
 
     from fakescope.scoring import export as X
 
+    caplog.set_level("INFO", logger="fakescope.scoring.export")
     try:
         art = export_run(run_copy, "onnx", int8=True, limit=LIMIT, calibration=8)
     except FakescopeError as e:
@@ -182,13 +185,17 @@ def test_onnx_int8_is_checked_and_leaves_the_logits_in_float(run_copy, onnx_fp32
     else:
         c = art.info["check"]
         assert art.int8 and c["passed"] and abs(c["auc"] - c["auc_torch"]) <= 0.002
+        assert art.info["fp32_graph"] == "onnx-fp32.onnx"
         for p in (run_copy / "export").glob("onnx-int8.*"):
             p.unlink()  # the other tests' choices are among the exports they made
     run = load_run(run_copy)
-    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
-    X._onnx(run, fp32, 8)
+    # quantised from the run's checked fp32 export, which is left as it was
+    assert "starting from the run's checked fp32 graph" in caplog.text
+    assert X.checked_fp32_graph(run) == onnx_fp32.model_file
+    # the quantised graph itself, kept or not
+    int8 = tmp_path / "int8.onnx"
     calibration = X._loader(run, X._data_of(run, None), "train", 8, 8)
-    X._onnx_int8(fp32, int8, X._calibration(calibration))
+    X._onnx_int8(onnx_fp32.model_file, int8, X._calibration(calibration))
     nodes = onnx.load(str(int8)).graph.node
     assert any(n.op_type == "QuantizeLinear" for n in nodes)
     last = max(i for i, n in enumerate(nodes) if n.op_type == "Gemm")
@@ -423,7 +430,7 @@ def test_int8_that_misses_is_quantised_again_with_accuracy_control(run_copy, tmp
     import shutil
 
     run = tmp_path / "run"
-    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("export"))
+    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("openvino-*", "onnx-int8.*"))
     monkeypatch.setenv("FAKESCOPE_FAULT", "int8-refused")
     try:
         art = export_run(run, "openvino", int8=True, limit=LIMIT, calibration=8, finetune=0)
@@ -432,11 +439,34 @@ def test_int8_that_misses_is_quantised_again_with_accuracy_control(run_copy, tmp
         return
     info = art.info
     assert info["quantisation"] == "nncf accuracy control"
+    assert info["fp32_graph"] == "onnx-fp32.onnx"  # the copy's checked export, each try
     for tried in ("plain_int8", "quantile_int8"):
         assert set(info["check"][tried]) == {"auc", "auc_torch", "passed"}
     assert (
         info["check"]["passed"] and abs(info["check"]["auc"] - info["check"]["auc_torch"]) <= 0.002
     )
+
+
+def test_only_a_checked_fp32_graph_of_these_weights_is_reused(run_copy, onnx_fp32, tmp_path):
+    """int8 exports start from the run's kept onnx-fp32 graph, but only one that passed its
+    check and was made of the weights the run has now; anything else is exported afresh."""
+    import shutil
+
+    from fakescope.scoring.export import checked_fp32_graph
+
+    run = tmp_path / "run"
+    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("openvino-*", "onnx-int8.*"))
+    info_file = run / "export" / "onnx-fp32.json"
+    good = json.loads(info_file.read_text())
+    assert checked_fp32_graph(load_run(run)) == run / "export" / "onnx-fp32.onnx"
+    for changed in ({"weights_sha256": "0" * 64}, {"check": {**good["check"], "passed": False}}):
+        info_file.write_text(json.dumps({**good, **changed}))
+        assert checked_fp32_graph(load_run(run)) is None, changed
+    info_file.write_text("{not json")
+    assert checked_fp32_graph(load_run(run)) is None
+    info_file.write_text(json.dumps(good))
+    (run / "export" / "onnx-fp32.onnx").unlink()
+    assert checked_fp32_graph(load_run(run)) is None
 
 
 def test_runtime_choice(run_copy, onnx_fp32, tmp_path):

@@ -7,7 +7,9 @@ both images go through the network as one batch of 2N and their logits are avera
 graph. int8 is static quantisation calibrated on the run's own training images: ONNX Runtime's
 ``quantize_static`` (QDQ, per-channel weights) for ONNX; for OpenVINO, NNCF's quantisers in the
 torch network, calibrated and then fine-tuned to reproduce the fp32 logits (``finetune``), or
-with ``finetune=0`` NNCF's post-training quantisation of the OpenVINO graph alone.
+with ``finetune=0`` NNCF's post-training quantisation of the OpenVINO graph alone. What needs
+the fp32 ONNX graph starts from the run's own checked ``onnx-fp32`` export where it was made of
+the same weights (``checked_fp32_graph``), and exports one only where there is none.
 
 Every export is checked before it is kept (``check``): it scores the validation split, and its
 AUC must be within ``AUC_TOLERANCE`` of the torch model's on the same images. Its own threshold
@@ -19,6 +21,7 @@ fails is removed and refused with its numbers.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -109,6 +112,23 @@ def _onnx(run: Run, path: Path, batch: int) -> None:
         dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), dynamo=True,
         external_data=False, verbose=False,
     )  # fmt: skip
+
+
+def checked_fp32_graph(run: Run) -> Path | None:
+    """The run's kept ``onnx-fp32`` export where it was made of the run's present weights: the
+    graph every int8 export starts from, so that one is not exported again (16-22 s for the
+    suite's 96 px run, more at 299 px). None where there is none, it failed its check, or the
+    weights have changed since (or are of a run too old to record them)."""
+    folder = run.path / EXPORT_DIR
+    graph, info = folder / "onnx-fp32.onnx", folder / "onnx-fp32.json"
+    if not (run.meta.weights_sha256 and graph.is_file() and info.is_file()):
+        return None
+    try:
+        made = json.loads(info.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: export afresh rather than trust it
+    same = made.get("weights_sha256") == run.meta.weights_sha256
+    return graph if same and made.get("check", {}).get("passed") else None
 
 
 def _calibration(loader):
@@ -433,18 +453,29 @@ def export_run(
     val = _loader(run, data, "val", limit, batch_size)
     with tempfile.TemporaryDirectory(dir=folder, prefix=f".{name}-") as tmp:
         tmp = Path(tmp)
-        log.info("exporting %s to ONNX", run.path)
-        fp32 = tmp / "fp32.onnx"
-        _onnx(run, fp32, batch_size)
+        made = {}  # the fp32 ONNX graph, once something needs it: (path, where it came from)
+
+        def fp32() -> Path:
+            if not made:
+                kept = None if (to, int8) == ("onnx", False) else checked_fp32_graph(run)
+                if kept:
+                    log.info("starting from the run's checked fp32 graph %s", kept)
+                    made["graph"] = (kept, kept.name)
+                else:
+                    log.info("exporting %s to ONNX", run.path)
+                    _onnx(run, tmp / "fp32.onnx", batch_size)
+                    made["graph"] = (tmp / "fp32.onnx", "exported")
+            return made["graph"][0]
+
         calib = _loader(run, data, "train", calibration, batch_size) if int8 else None
         finetuned = None  # what fine-tuning measured, where it ran
         if to == "onnx":
             model_file = tmp / f"{name}.onnx"
             if int8:
                 log.info("calibrating int8 on up to %d training images per class", calibration)
-                _onnx_int8(fp32, model_file, _calibration(calib))
+                _onnx_int8(fp32(), model_file, _calibration(calib))
             else:
-                fp32.rename(model_file)
+                fp32().rename(model_file)
         elif int8 and finetune != 0:
             model_file = tmp / f"{name}.xml"
             train = _loader(run, data, "train", 0, batch_size, shuffle=True)
@@ -454,7 +485,7 @@ def export_run(
             torch_to_openvino(net, run, model_file)
         else:
             model_file = tmp / f"{name}.xml"
-            _openvino(fp32, model_file, _calibration(calib) if int8 else (), int8, run.spec)
+            _openvino(fp32(), model_file, _calibration(calib) if int8 else (), int8, run.spec)
         if injected("export"):  # tests: a broken export must be refused, not kept
             _break(model_file)
         log.info("checking %s on the validation split", name)
@@ -466,7 +497,7 @@ def export_run(
         accuracy_control = (
             "NNCF's accuracy control", "nncf accuracy control",
             lambda: _openvino_accuracy_control(
-                fp32, model_file, _calibration(calib), val, AUC_TOLERANCE / 2, run.spec),
+                fp32(), model_file, _calibration(calib), val, AUC_TOLERANCE / 2, run.spec),
         )  # fmt: skip
         if finetuned:
             method = (
@@ -477,7 +508,7 @@ def export_run(
         elif to == "openvino" and int8:
             retries = [
                 ("plain_int8", "quantile activation ranges", "nncf, quantile ranges",
-                 lambda: _openvino(fp32, model_file, _calibration(calib), True, run.spec, True)),
+                 lambda: _openvino(fp32(), model_file, _calibration(calib), True, run.spec, True)),
                 ("quantile_int8", *accuracy_control),
             ]  # fmt: skip
         else:
@@ -525,6 +556,9 @@ def export_run(
         "data": [str(d) for d in data],
         "calibration_images_per_class": calibration if int8 else 0,
         "quantisation": method,
+        # the fp32 ONNX graph it was made from: "onnx-fp32.onnx" (the run's checked export),
+        # "exported" (made for it), or None (fine-tuned in torch, nothing needed it)
+        "fp32_graph": made["graph"][1] if made else None,
         "finetune": finetuned,
         "confirm": band,  # None: the export's verdicts alone
         "input": (
