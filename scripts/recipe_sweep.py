@@ -138,7 +138,7 @@ def score_rows(run: Path, sets: list[Path], limit: int = 0) -> list[dict]:
         ):  # scored before on the same sets: reused, else scored (again)
             m = cross_matrix(
                 [run], sets, split=split, out=run / f"matrix-{split}", progress=False,
-                batch_size=64, limit=limit,
+                batch_size=64, limit=limit, figures=False,  # the sweep plots its summary
             )  # fmt: skip
         for c in m["cells"]:
             rows.append(

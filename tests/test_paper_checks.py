@@ -62,6 +62,9 @@ def test_every_check_writes_its_table_and_plot(checks):
         assert all(f"| {v} |" in summary for v in names)
         assert (out / check / "check.png").stat().st_size > 10_000
         assert f"## {check}" in stdout
+    # each run's own matrices without figures: the check plots its summary
+    scored = out / "finetune" / "head_only-s0" / "matrix-test"
+    assert (scored / "matrix.json").exists() and not (scored / "matrix.png").exists()
 
 
 def test_variants_change_what_they_say(checks):

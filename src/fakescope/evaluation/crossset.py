@@ -50,13 +50,15 @@ def cross_matrix(
     progress: bool = True,
     names: list[str] | None = None,
     limit: int = 0,
+    figures: bool = True,
 ) -> dict:
     """Score each run (folder or ``Run``) on ``split`` of each data set and write matrix.json,
     matrix.csv, matrix.md, matrix.png, scores.csv and report.html into ``out`` (default
     runs/matrix). A data set with no such split (no splits.csv, not the run's own data) is
     scored whole as "all"; each cell records the split it used. ``names`` label the runs
     (default: their folder names); ``limit`` > 0 caps the images per class (quick checks).
-    Returns what matrix.json holds."""
+    ``figures=False`` leaves out matrix.png and report.html, for sweeps that score many runs and
+    plot their own summary (about 0.8 s a matrix). Returns what matrix.json holds."""
     if not runs or not datasets:
         raise FakescopeError("a matrix needs at least one run and one data set")
     datasets = [Path(d) for d in datasets]
@@ -141,7 +143,7 @@ def cross_matrix(
         ],
         "cells": cells,
     }
-    _write(out, result, score_rows)
+    _write(out, result, score_rows, figures)
     return result
 
 
@@ -200,7 +202,7 @@ def summary_text(result: dict) -> str:
     return text_table(header, rows)
 
 
-def _write(out: Path, result: dict, score_rows: list) -> None:
+def _write(out: Path, result: dict, score_rows: list, figures: bool = True) -> None:
     write_json(out / "matrix.json", result)
     cols = [
         "run",
@@ -234,6 +236,8 @@ def _write(out: Path, result: dict, score_rows: list) -> None:
     for caption, header, rows in generator_tables(result):
         parts += ["", f"### Per generator: {caption}", "", md_table(header, rows)]
     (out / "matrix.md").write_text("\n".join(parts) + "\n")
+    if not figures:
+        return
     run_names = [r["name"] for r in result["runs"]]
     data_names = [d["name"] for d in result["datasets"]]
     png = plots.cross_matrix(
