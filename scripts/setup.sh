@@ -23,6 +23,15 @@ $PIP install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v -i "warni
 # with the current ones, so it goes in without its declared dependencies.
 $PIP install -q --disable-pip-version-check --no-deps "facenet-pytorch==2.6.0" 2>&1 \
   | grep -v -i "warning" || true
+# NNCF compiles its int8 quantisers for torch (a C++ extension) the first time an OpenVINO int8
+# export fine-tunes: about 50 s on idle cores, 116 s on busy ones. Built here, once per
+# environment, so that neither the first `fakescope export --int8` nor the test suite waits on
+# it; where it cannot be built, NNCF falls back on its slower torch reference quantisers.
+if ! built=$(.venv/bin/python -c "import nncf.torch, nncf.torch.quantization.extensions; \
+nncf.torch.force_build_cpu_extensions()" 2>&1) || grep -q "Could not compile" <<<"$built"; then
+  echo "NNCF's int8 extension was not built; int8 exports fine-tune with its reference code:"
+  tail -3 <<<"$built"
+fi
 env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c "import fakescope.training.loop, \
 fakescope.evaluation.evaluator, fakescope.scoring.explain, fakescope.data.faces, torch, torchvision, facenet_pytorch; \
 print('fakescope ready: torch', torch.__version__, 'torchvision', torchvision.__version__)"
