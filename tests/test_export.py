@@ -459,7 +459,11 @@ def test_only_a_checked_fp32_graph_of_these_weights_is_reused(run_copy, onnx_fp3
     info_file = run / "export" / "onnx-fp32.json"
     good = json.loads(info_file.read_text())
     assert checked_fp32_graph(load_run(run)) == run / "export" / "onnx-fp32.onnx"
-    for changed in ({"weights_sha256": "0" * 64}, {"check": {**good["check"], "passed": False}}):
+    for changed in (
+        {"weights_sha256": "0" * 64},
+        {"check": {**good["check"], "passed": False}},
+        {"graph_format": good["graph_format"] - 1},  # made by a fakescope of another graph
+    ):
         info_file.write_text(json.dumps({**good, **changed}))
         assert checked_fp32_graph(load_run(run)) is None, changed
     info_file.write_text("{not json")

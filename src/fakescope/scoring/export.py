@@ -53,6 +53,9 @@ CALIBRATION_IMAGES = 32  # per class, from the training split (see _onnx_int8 on
 # demo the test split's widest lay 1.27x out; docs/benchmarks.md, session 24)
 CONFIRM_MARGIN = 1.5
 FINETUNE_STEPS = 300  # batches at most by default: one pass over the demo's 1,540 is 97
+# What the exported graph holds and how it is named (``_Graph``, ``_onnx``): raise it when that
+# changes, so that an int8 export never starts from a kept fp32 graph of the older kind
+GRAPH_FORMAT = 1
 
 
 class _Graph(nn.Module):
@@ -117,8 +120,9 @@ def _onnx(run: Run, path: Path, batch: int) -> None:
 def checked_fp32_graph(run: Run) -> Path | None:
     """The run's kept ``onnx-fp32`` export where it was made of the run's present weights: the
     graph every int8 export starts from, so that one is not exported again (16-22 s for the
-    suite's 96 px run, more at 299 px). None where there is none, it failed its check, or the
-    weights have changed since (or are of a run too old to record them)."""
+    suite's 96 px run, more at 299 px). None where there is none, it failed its check, the
+    weights have changed since (or are of a run too old to record them), or it was made by a
+    fakescope whose graph differs (``GRAPH_FORMAT``)."""
     folder = run.path / EXPORT_DIR
     graph, info = folder / "onnx-fp32.onnx", folder / "onnx-fp32.json"
     if not (run.meta.weights_sha256 and graph.is_file() and info.is_file()):
@@ -128,6 +132,7 @@ def checked_fp32_graph(run: Run) -> Path | None:
     except (OSError, ValueError):
         return None  # unreadable: export afresh rather than trust it
     same = made.get("weights_sha256") == run.meta.weights_sha256
+    same = same and made.get("graph_format") == GRAPH_FORMAT
     return graph if same and made.get("check", {}).get("passed") else None
 
 
@@ -551,6 +556,7 @@ def export_run(
         "int8": int8,
         "file": model_file.name,
         "weights_sha256": run.meta.weights_sha256,
+        "graph_format": GRAPH_FORMAT,
         "threshold": result["thresholds"][result["thresholds"]["criterion"]],
         "check": result,
         "data": [str(d) for d in data],
