@@ -5,8 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check src tests
 # Two pytest-xdist workers, each taking whole files (module fixtures are made once) and the
-# slowest files first (tests/conftest.py): 16-17.5 min of a fresh clone's CI on 2 AVX2
-# cores against 25.5 for one process (docs/benchmarks.md, session 26). `-n 0` after the command
-# runs the suite in one process.
+# slowest files first (tests/conftest.py): 14 min 47 s of a fresh clone's CI on 2 AVX2 cores
+# (session 27) against 25.5 min for one process (docs/benchmarks.md, sessions 26-27). `-n 0`
+# after the command runs the suite in one process.
 # The slowest tests are listed, so that a suite creeping past its 15 minutes shows where.
 .venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 "$@"
