@@ -8,8 +8,9 @@ graph. int8 is static quantisation calibrated on the run's own training images: 
 ``quantize_static`` (QDQ, per-channel weights) for ONNX; for OpenVINO, NNCF's quantisers in the
 torch network, calibrated and then fine-tuned to reproduce the fp32 logits (``finetune``), or
 with ``finetune=0`` NNCF's post-training quantisation of the OpenVINO graph alone. What needs
-the fp32 ONNX graph starts from the run's own checked ``onnx-fp32`` export where it was made of
-the same weights (``checked_fp32_graph``), and exports one only where there is none.
+the fp32 ONNX graph (int8, OpenVINO) starts from the run's own checked ``onnx-fp32`` export where
+it was made of the same weights (``checked_fp32_graph``) and exports one only where there is
+none; ``--to onnx`` itself always exports anew.
 
 Every export is checked before it is kept (``check``): it scores the validation split, and its
 AUC must be within ``AUC_TOLERANCE`` of the torch model's on the same images. Its own threshold
@@ -119,7 +120,7 @@ def _onnx(run: Run, path: Path, batch: int) -> None:
 
 def checked_fp32_graph(run: Run) -> Path | None:
     """The run's kept ``onnx-fp32`` export where it was made of the run's present weights: the
-    graph every int8 export starts from, so that one is not exported again (16-22 s for the
+    graph int8 and OpenVINO exports start from, so that it is not exported again (16-22 s for the
     suite's 96 px run, more at 299 px). None where there is none, it failed its check, the
     weights have changed since (or are of a run too old to record them), or it was made by a
     fakescope whose graph differs (``GRAPH_FORMAT``)."""
