@@ -69,19 +69,36 @@ def test_the_onnx_graph_scores_as_torch_does(run_copy, onnx_fp32):
         np.testing.assert_allclose(got, want, atol=1e-4)
 
 
-def test_a_broken_export_is_refused_with_its_numbers(run_copy, onnx_fp32):
+def test_a_broken_export_is_refused_with_its_numbers(run_copy, onnx_fp32, tmp_path):
+    """From the command line: an OpenVINO export (made from the run's kept fp32 graph) whose
+    largest weight tensor was scaled by -3 (the 'export' fault) fails the check, and nothing of
+    it is kept. The fault breaks an ONNX graph alike."""
     env = {**os.environ, "FAKESCOPE_FAULT": "export", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "fakescope.cli", "export", str(run_copy), "--to", "onnx",
+    cmd = [sys.executable, "-m", "fakescope.cli", "export", str(run_copy), "--to", "openvino",
            "--limit", str(LIMIT)]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 2, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("fakescope: error: onnx-fp32 export refused: validation AUC")
+    assert last.startswith("fakescope: error: openvino-fp32 export refused: validation AUC")
     assert "Nothing was kept" in last and "Traceback" not in r.stderr
-    # the earlier good export is untouched, and no stray files are left
+    assert "starting from the run's checked fp32 graph" in r.stdout + r.stderr
+    # the earlier good export is untouched, and no stray files (.xml, .bin) are left
     left = sorted(p.name for p in (run_copy / "export").iterdir())
     assert left == ["onnx-fp32.json", "onnx-fp32.onnx"]
     assert json.loads((run_copy / "export" / "onnx-fp32.json").read_text())["check"]["passed"]
+    # the same fault on a copy of the ONNX graph: its scores are far from the graph's own
+    import shutil
+
+    from fakescope.scoring.export import _break
+
+    broken = tmp_path / "broken.onnx"
+    shutil.copy(onnx_fp32.model_file, broken)
+    _break(broken)
+    size = load_run(run_copy).input_size
+    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    good = backend_of("onnx", onnx_fp32.model_file, batch=4).logits(x)
+    bad = backend_of("onnx", broken, batch=4).logits(x)
+    assert float((good - bad).abs().max()) > 0.5  # 1.0-2.9 logits on random images in a trial
 
 
 def test_openvino_int8_is_checked_and_calibrated(run_copy, onnx_fp32):

@@ -41,7 +41,14 @@ from ..evaluation.sets import cap_per_class
 from ..faults import injected
 from ..model.runtime import cpu_flags, cpu_summary, select_runtime
 from ..runs import Run, load_run, write_json
-from .engines import EXPORT_DIR, Artifact, backend_of, confirming, signal_stack_kept
+from .engines import (
+    EXPORT_DIR,
+    Artifact,
+    backend_of,
+    confirming,
+    openvino_core,
+    signal_stack_kept,
+)
 from .finetune import finetune_int8
 from .scorer import Scorer, TorchBackend
 
@@ -584,14 +591,27 @@ def export_run(
 
 
 def _break(model_file: Path) -> None:
-    """Scale every weight of the exported model's largest tensor: a deliberately broken export."""
-    import onnx
-    from onnx import numpy_helper
+    """Scale every weight of the exported model's largest tensor by -3: a deliberately broken
+    export (ONNX or OpenVINO), which the check must refuse."""
+    if model_file.suffix == ".onnx":
+        import onnx
+        from onnx import numpy_helper
 
-    if model_file.suffix != ".onnx":
-        raise FakescopeError("the 'export' fault applies to ONNX exports")
-    m = onnx.load(str(model_file))
-    big = max(m.graph.initializer, key=lambda t: int(np.prod(t.dims)))
-    arr = numpy_helper.to_array(big)
-    big.CopyFrom(numpy_helper.from_array((arr * -3).astype(arr.dtype), big.name))
-    onnx.save(m, str(model_file))
+        m = onnx.load(str(model_file))
+        big = max(m.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+        arr = numpy_helper.to_array(big)
+        big.CopyFrom(numpy_helper.from_array((arr * -3).astype(arr.dtype), big.name))
+        onnx.save(m, str(model_file))
+        return
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    model = openvino_core().read_model(str(model_file))
+    weights = [op for op in model.get_ops() if op.get_type_name() == "Constant"
+               and op.get_output_element_type(0) == ov.Type.f32]  # fmt: skip
+    big = max(weights, key=lambda op: int(np.prod(list(op.get_output_shape(0)))))
+    big.output(0).replace(ops.constant(big.get_data() * -3, ov.Type.f32).output(0))
+    broken = model_file.with_name("broken.xml")  # the .bin read is mapped: not written over
+    ov.save_model(model, str(broken), compress_to_fp16=False)
+    for suffix in (".xml", ".bin"):
+        broken.with_suffix(suffix).replace(model_file.with_suffix(suffix))
