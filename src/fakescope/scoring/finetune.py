@@ -96,7 +96,7 @@ def finetune_int8(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())  # float(loss) warns of the graph it holds
             step += 1
             bar.update()
             bar.set_postfix(mse=f"{np.mean(losses[-10:]):.3f}")
