@@ -14,6 +14,8 @@ Scales: ``full`` is the demo's 4 of 5 cosine epochs on every image (a GPU's job)
 (the 2-core CPU) 2 of 3 epochs on a quarter of the training images (val and test whole;
 data_size's variants set their own share); ``tiny`` is the test suite's (one batch, 4 images
 per class and split, every input size a quarter). Variants are chosen on val, test reported.
+A variant that is another check's in all but its folder (the base recipe is one of several
+checks) is trained once and copied, with a ``copied_from`` file naming the original.
 ResNet-50 starts from random weights unless --resnet50-weights names its ImageNet file (none
 can be had on these machines): its rows say which.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
@@ -124,7 +127,11 @@ def run_one(job: str, seed: int, args) -> list[dict]:
     check, variant = job.split("/", 1)
     cfg = config(check, variant, seed, args)
     out = Path(cfg.out)
-    if not (out / "fakescope.json").exists():  # a rerun scores what an earlier one trained
+    twin = None if out.exists() else trained_twin(cfg, seed, args)
+    if twin:  # the same recipe, trained for another check: copied, with its scores
+        shutil.copytree(twin, out, ignore=shutil.ignore_patterns("resume", "tb"))
+        (out / "copied_from").write_text(f"{twin}\n")
+    elif not (out / "fakescope.json").exists():  # a rerun scores what an earlier one trained
         t0 = time.time()
         train(cfg, progress=False)
         (out / "train_seconds").write_text(f"{time.time() - t0:.1f}")
@@ -135,6 +142,22 @@ def run_one(job: str, seed: int, args) -> list[dict]:
     head = {"check": check, "variant": label, "seed": seed, "train_s": secs}
     limit = SCALES[args.scale].get("limit_per_class", 0)
     return [{**head, **r} for r in score_rows(out, sets(args), limit)]
+
+
+def trained_twin(cfg, seed: int, args) -> Path | None:
+    """A finished run of another check whose configuration is ``cfg``'s but for its folder:
+    the base recipe is a variant of several checks (input_size's "299", steps' "1 (demo)",
+    head's "mobilenet_v2 gap", and at the tiny scale data_size's "100%")."""
+    import dataclasses
+
+    for check, variants in CHECKS.items():
+        for variant in variants:
+            other = config(check, variant, seed, args)
+            done = Path(other.out) / "fakescope.json"
+            if other.out != cfg.out and dataclasses.replace(other, out=cfg.out) == cfg:
+                if done.exists() and (done.parent / "train_seconds").exists():
+                    return done.parent
+    return None
 
 
 def sets(args) -> list[Path]:

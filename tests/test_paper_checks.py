@@ -87,6 +87,16 @@ def test_variants_change_what_they_say(checks):
     def meta(check, variant):
         return json.loads((out / check / f"{variant}-s0" / "fakescope.json").read_text())
 
+    # the base recipe, a variant of four checks at this scale, is trained once and copied
+    base = out / "input_size" / "299-s0"
+    assert not (base / "copied_from").exists()
+    for check, variant in (("steps", "1__demo"), ("head", "mobilenet_v2_gap"),
+                           ("data_size", "100")):  # fmt: skip
+        assert (out / check / f"{variant}-s0" / "copied_from").read_text().strip() == str(base)
+        got, want = weights(check, variant), weights("input_size", "299")
+        assert torch.equal(got["fc.weight"], want["fc.weight"])
+    assert not (out / "steps" / "1_2__demo-s0" / "copied_from").exists()
+
     assert len(meta("steps", "1_2_3__paper_s_Adam_1e_3")["steps"]) == 3
     assert meta("steps", "1_2__demo")["train"]["lr"] == 2e-4
     assert meta("head", "resnet50_flatten")["model"]["head"] == "flatten"
