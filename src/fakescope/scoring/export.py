@@ -466,19 +466,20 @@ def export_run(
     val = _loader(run, data, "val", limit, batch_size)
     with tempfile.TemporaryDirectory(dir=folder, prefix=f".{name}-") as tmp:
         tmp = Path(tmp)
-        made = {}  # the fp32 ONNX graph, once something needs it: (path, where it came from)
+        graph, source = None, None  # the fp32 ONNX graph, once something needs it
 
         def fp32() -> Path:
-            if not made:
-                kept = None if (to, int8) == ("onnx", False) else checked_fp32_graph(run)
-                if kept:
-                    log.info("starting from the run's checked fp32 graph %s", kept)
-                    made["graph"] = (kept, kept.name)
+            nonlocal graph, source
+            if graph is None:
+                graph = None if (to, int8) == ("onnx", False) else checked_fp32_graph(run)
+                if graph:
+                    log.info("starting from the run's checked fp32 graph %s", graph)
+                    source = graph.name
                 else:
                     log.info("exporting %s to ONNX", run.path)
-                    _onnx(run, tmp / "fp32.onnx", batch_size)
-                    made["graph"] = (tmp / "fp32.onnx", "exported")
-            return made["graph"][0]
+                    graph, source = tmp / "fp32.onnx", "exported"
+                    _onnx(run, graph, batch_size)
+            return graph
 
         calib = _loader(run, data, "train", calibration, batch_size) if int8 else None
         finetuned = None  # what fine-tuning measured, where it ran
@@ -572,7 +573,7 @@ def export_run(
         "quantisation": method,
         # the fp32 ONNX graph it was made from: "onnx-fp32.onnx" (the run's checked export),
         # "exported" (made for it), or None (fine-tuned in torch, nothing needed it)
-        "fp32_graph": made["graph"][1] if made else None,
+        "fp32_graph": source,
         "finetune": finetuned,
         "confirm": band,  # None: the export's verdicts alone
         "input": (
