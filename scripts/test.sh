@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check src tests
 # Two pytest-xdist workers, each taking whole files (module fixtures are made once) and the
-# slowest files first (tests/conftest.py): 14.5-15 min of a fresh clone's CI on 2 AVX2 cores
+# slowest files first (tests/conftest.py): 14-15 min of a fresh clone's CI on 2 AVX2 cores
 # (session 27) against 25.5 min for one process (docs/benchmarks.md, sessions 26-27). `-n 0`
 # after the command runs the suite in one process.
 # The slowest tests are listed, so that a suite creeping past its 15 minutes shows where.
