@@ -1,5 +1,6 @@
 """Train (fixture), evaluate and predict on real sg-ffhq images, through the real CLI."""
 
+import argparse
 import csv
 import json
 import shutil
@@ -151,6 +152,27 @@ def test_cli_options_must_be_spelt_out(capsys):
     assert "unrecognized arguments: --run" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--data", "d", "--out", "o", "--epoch", "2"])
+
+
+def test_cli_help_gives_defaults_but_no_empty_ones():
+    """Every subcommand's --help gives each option's default, except the options without one,
+    whose help says what unset means: "(default: None)" after it only contradicted that."""
+    from fakescope.cli import build_parser
+
+    def commands(parser, name="fakescope"):
+        yield name, parser
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub, p in a.choices.items():
+                    yield from commands(p, f"{name} {sub}")
+
+    found = dict(commands(build_parser()))
+    assert {"fakescope export", "fakescope faces extract"} <= set(found)
+    for name, parser in found.items():
+        assert "(default: None)" not in parser.format_help(), name
+    export = found["fakescope export"].format_help()
+    assert "(default: 32)" in export and "--confirm, --no-confirm" in export
+    assert "Default: on with --int8" in " ".join(export.split())
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -1,6 +1,18 @@
 """The subcommands of `fakescope`, one module per group; each exposes ``add(subparsers)``."""
 
+import argparse
+
 from ..scoring import EXPORTS, RUNTIMES
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, except where it has none (None): those options'
+    help says what unset means, and "(default: None)" after it only contradicted that."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_runtime_option(p) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from . import HelpFormatter
 
 
 def _add_matrix(sub):
@@ -16,7 +17,7 @@ def _add_matrix(sub):
         "without splits.csv that is not a run's own data is scored whole (split 'all'). Cells "
         "on a run's own data are marked '*'. Runs trained with --exclude GEN show GEN, held out, "
         "in the per-generator tables of their own data.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders made by `fakescope train`")
     p.add_argument(
@@ -86,7 +87,7 @@ def _add_robustness(sub):
         "perturbation, every image degraded alike (deterministic per image), at the run's "
         "stored threshold; write robustness.json/.csv/.md, robustness.png (one panel per "
         f"perturbation) and report.html. Levels: {LEVELS}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("run", help="run folder made by `fakescope train`")
     p.add_argument("--data", default=None, help="unset: the run's own (first) data folder")

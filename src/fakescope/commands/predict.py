@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
 
-from . import add_runtime_option
+from . import HelpFormatter, add_runtime_option
 
 
 def _add_predict(sub):
@@ -17,7 +16,7 @@ def _add_predict(sub):
         description="Print one row per file (per face with --faces, per frame for videos) with "
         "the score P(fake) and the verdict at the run's stored threshold. Bad files get an "
         "error row and the rest go on; exit status 1 when any file failed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("run")
     p.add_argument("paths", nargs="+", help="images, videos or folders (searched recursively)")
@@ -139,7 +138,7 @@ def _add_explain(sub):
         help="Grad-CAM heatmaps of what drives each verdict",
         description="Write a Grad-CAM overlay per image (per face with --faces) into --out: red "
         "regions push the score toward the verdict the model gave.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("run")
     p.add_argument("paths", nargs="+")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 
 from ..errors import FakescopeError
-from . import add_runtime_option
+from . import HelpFormatter, add_runtime_option
 
 
 def _add_serve(sub):
@@ -19,7 +18,7 @@ def _add_serve(sub):
         "otherwise; any other address needs an API key (--api-key or FAKESCOPE_API_KEY), which "
         "clients then send as the X-API-Key header. Concurrent requests are scored together "
         "in micro-batches; a full queue answers 503 with Retry-After.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("run", help="run folder made by `fakescope train`")
     p.add_argument("--host", default="127.0.0.1")

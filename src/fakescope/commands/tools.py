@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from ..config import DEFAULT_FACE_MARGIN
+from . import HelpFormatter
 
 
 def _add_bench(sub):
     p = sub.add_parser(
         "bench",
         help="training and inference speed against the fp32 eager baseline",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--input-size", type=int, default=299)
@@ -97,7 +97,7 @@ def _add_faces(sub):
         "and save square crops into DST/real or DST/fake[/GENERATOR], with DST/manifest.csv "
         "saying where each crop came from (file, frame, box). The label is read from a real/ or "
         "fake/ folder under SRC, or given with --label.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     e.add_argument("src")
     e.add_argument("dst")
@@ -145,7 +145,7 @@ def _add_shards(sub):
         "1 fake), readable by any WebDataset loader. `fakescope train --data OUT` and "
         "`fakescope evaluate RUN --data OUT` stream them, in memory that does not grow with "
         "the data; a glob such as 'OUT/train-00000[0-4].tar' picks some of them.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("data", metavar="DIR", help="data folder with real/ and fake/")
     p.add_argument("out", metavar="OUT", help="new folder for the shards")

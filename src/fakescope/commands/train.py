@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..config import FUSIONS, TrainConfig
-from . import add_runtime_option
+from . import HelpFormatter, add_runtime_option
 
 DEFAULT_DATA = TrainConfig().data[0]
 
@@ -83,7 +83,7 @@ def _add_train(sub):
         "steps of progressive freezing. Writes a run folder (weights in safetensors, "
         "fakescope.json, logs, split) and, when the data has a test split, evaluates on it. "
         "Runs under torchrun as well (one model trained by all its processes).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_config_options(p, TrainConfig)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -147,7 +147,7 @@ def _add_evaluate(sub):
         help="metrics, plots and an HTML report for a run on a data set",
         description="Score a data set with a trained run at its stored threshold (chosen on the "
         "validation split during training) and write metrics.json, PNG plots and report.html.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("run", help="run folder made by `fakescope train`")
     p.add_argument("--data", default=DEFAULT_DATA)
@@ -209,7 +209,7 @@ def _add_ensemble(sub):
         "member's data (Youden's J), and the test splits are scored as after training. The "
         "result is used like any run (evaluate, predict, serve, matrix, export). Members must "
         "share input size, fit, normalisation, TTA and face stage.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders made by `fakescope train`")
     p.add_argument("--out", required=True, help="run folder to create")
