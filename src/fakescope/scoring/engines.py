@@ -262,10 +262,12 @@ class ConfirmingBackend:
 
     tta_inside = True
 
-    def __init__(self, fast, exact, band: dict, spec):
+    def __init__(self, fast, exact, band: dict, spec, network_threshold: float):
         self.fast, self.exact, self.spec = fast, exact, spec
         self.centre, self.width = float(band["centre"]), float(band["half_width"])
         self.shift = float(band["shift"])  # the export's threshold logit minus the network's
+        self.network_threshold = float(network_threshold)
+        self.fake_from, self.real_to = _logits_beside(float(band["threshold"]), self.centre)
         self.pixels_in = getattr(fast, "pixels_in", False)
         self.concurrency = getattr(fast, "concurrency", 1)
         self.runtime = None  # Grad-CAM runs the run's network as with any export
@@ -287,9 +289,33 @@ class ConfirmingBackend:
             z = z.clone()
             # kept inside the band: the network decides the verdict and the order within it,
             # the export the order around it, so no score jumps past one it did not rank
-            z[near] = (ze + self.shift).clamp(self.centre - self.width, self.centre + self.width)
+            moved = (ze + self.shift).clamp(self.centre - self.width, self.centre + self.width)
+            # and on its own side of the export's threshold after rounding: an image the
+            # network scores at its threshold exactly (the run's threshold is one validation
+            # image's score) must not fall below the export's by a float32 step
+            fake = torch.sigmoid(ze) >= self.network_threshold
+            z[near] = torch.where(fake, moved.clamp(min=self.fake_from),
+                                  moved.clamp(max=self.real_to))  # fmt: skip
             self.confirmed += int(near.sum())
         return z
+
+
+def _logits_beside(threshold: float, centre: float) -> tuple[float, float]:
+    """Logits just above and just below ``centre`` whose float32 sigmoid is called fake and
+    real at ``threshold``, compared in float32 (numpy, torch) or in float64 (Python) alike."""
+
+    def called(z: float) -> tuple[bool, bool]:
+        s = torch.sigmoid(torch.tensor(z, dtype=torch.float32))
+        return bool(s >= threshold), float(s) >= threshold
+
+    step, above, below = 1e-7, None, None
+    while above is None or below is None:
+        if above is None and all(called(centre + step)):
+            above = centre + step
+        if below is None and not any(called(centre - step)):
+            below = centre - step
+        step *= 2
+    return above, below
 
 
 def backend_of(
@@ -304,10 +330,11 @@ def backend_of(
 def artifact_backend(art: Artifact, run: Run, batch: int | None = None):
     """The backend an export is scored with, as its check measured it: the file's own, or,
     for an export made with ``--confirm``, the file's with the run's network confirming the
-    verdicts near the threshold (``ConfirmingBackend``)."""
+    verdicts near the threshold (``ConfirmingBackend``), unless the band is empty (the export
+    gave the network's verdicts on every validation image)."""
     backend = backend_of(art.runtime, art.model_file, batch=batch)
     band = art.info.get("confirm")
-    return confirming(backend, run, band) if band else backend
+    return confirming(backend, run, band) if band and band["half_width"] > 0 else backend
 
 
 def confirming(backend, run: Run, band: dict) -> ConfirmingBackend:
@@ -316,7 +343,7 @@ def confirming(backend, run: Run, band: dict) -> ConfirmingBackend:
     from .scorer import TorchBackend
 
     exact = TorchBackend(run.model, select_runtime("cpu", precision=run.spec.precision))
-    return ConfirmingBackend(backend, exact, band, run.spec)
+    return ConfirmingBackend(backend, exact, band, run.spec, run.threshold)
 
 
 def choose(run: Run, runtime: str = "auto", device: str = "auto") -> Artifact | None:

@@ -60,6 +60,9 @@ CALIBRATION_IMAGES = 32  # per class, from the training split (see _onnx_int8 on
 # safety margin for images further out than any of the few hundred validation ones (on the
 # demo the test split's widest lay 1.27x out; docs/benchmarks.md, session 24)
 CONFIRM_MARGIN = 1.5
+# an export the network must confirm on more of the validation images than this is mostly
+# the network again: refused, rather than kept as a slower torch that hides a bad export
+CONFIRM_MAX_SHARE = 0.5
 FINETUNE_STEPS = 300  # batches at most by default: one pass over the demo's 1,540 is 97
 # What the exported graph holds and how it is named (``_Graph``, ``_onnx``): raise it when that
 # changes, so that an int8 export never starts from a kept fp32 graph of the older kind
@@ -443,7 +446,7 @@ def export_run(
     calibration: int = CALIBRATION_IMAGES,
     batch_size: int = 16,
     finetune: int | None = None,
-    confirm: bool = False,
+    confirm: bool | None = None,
 ) -> Artifact:
     """Export, check and keep (or refuse) one artifact; returns it. ``limit`` caps the
     validation images per class (0: all) and ``calibration`` the training images per class, each
@@ -451,7 +454,8 @@ def export_run(
     images by which OpenVINO int8 is fine-tuned after calibration (``finetune.finetune_int8``;
     None: one pass over the training split, at most ``FINETUNE_STEPS``; 0: post-training
     quantisation alone). ``confirm``: the run's network confirms the export's verdicts near
-    its threshold (``confirmation_band``, ``engines.ConfirmingBackend``), checked so."""
+    its threshold (``confirmation_band``, ``engines.ConfirmingBackend``), checked so; None:
+    for int8, whose verdicts alone differed from the network's on every run measured."""
     if to not in ("onnx", "openvino"):
         raise FakescopeError(f"--to must be onnx or openvino, not {to!r}")
     if finetune is not None and (finetune < 0 or not (to == "openvino" and int8)):
@@ -460,6 +464,7 @@ def export_run(
         )
     run = run if isinstance(run, Run) else load_run(run)
     data = _data_of(run, data)
+    confirm = int8 if confirm is None else confirm
     name = f"{to}-{'int8' if int8 else 'fp32'}"
     folder = run.path / EXPORT_DIR
     folder.mkdir(exist_ok=True)
@@ -542,14 +547,28 @@ def export_run(
         if confirm:  # the export is kept or refused as it will score: confirmed
             threshold = result["thresholds"]["agreement"]
             band = {**result["confirmation_band"], "threshold": threshold}
-            log.info(
-                "checking %s with the network confirming the verdicts within %.3f logits of "
-                "its threshold (%.1f %% of the validation images)",
-                name, band["half_width"], 100 * band["val_share_within"],
-            )  # fmt: skip
-            unconfirmed = {k: result[k] for k in ("auc", "auc_torch", "passed")}
-            result = check(run, model_file, to, val, confirm=band)
-            result["unconfirmed"] = unconfirmed
+            if band["half_width"] == 0:  # engines.artifact_backend then scores it alone
+                log.info("%s gave the network's verdicts on every validation image: "
+                         "none to confirm", name)  # fmt: skip
+                result["confirmed_share"] = 0.0
+            elif band["val_share_within"] > CONFIRM_MAX_SHARE:
+                raise FakescopeError(
+                    f"{name} export refused: validation AUC {result['auc']:.4f} against "
+                    f"torch's {result['auc_torch']:.4f}, and its verdicts differed from the "
+                    f"network's as far as {band['widest_difference']:.3f} logits from its "
+                    f"threshold: the network would have to confirm "
+                    f"{100 * band['val_share_within']:.0f} % of the validation images (at most "
+                    f"{100 * CONFIRM_MAX_SHARE:.0f} %). Nothing was kept."
+                )
+            else:
+                log.info(
+                    "checking %s with the network confirming the verdicts within %.3f logits "
+                    "of its threshold (%.1f %% of the validation images)",
+                    name, band["half_width"], 100 * band["val_share_within"],
+                )  # fmt: skip
+                unconfirmed = {k: result[k] for k in ("auc", "auc_torch", "passed")}
+                result = check(run, model_file, to, val, confirm=band)
+                result["unconfirmed"] = unconfirmed
         result.update(tried)
         if not result["passed"]:
             raise FakescopeError(
