@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 12's must-shows 1-3 on this machine in one go, for a session whose CPU has AVX-512,
+# VNNI or AMX (the AVX2-only EPYC's figures are in docs/benchmarks.md, session 24):
+#   1. the OpenVINO int8 export as `export` makes it by default (fine-tuned, confirmed);
+#   2. its test-split AUC, F1 and verdicts against --runtime torch through evaluate, predict
+#      and serve (scripts/runtime_agreement.py);
+#   3. files to verdicts against the plain fp32 eager pipeline, faces auto and never.
+# Every log goes to $OUT with the CPU's flags; paste the tables into docs/benchmarks.md.
+# About 35-45 minutes on 2 cores (plus 19 to train the demo run where it is missing).
+#   bash scripts/must_show.sh [RUN]          # RUN: runs/demo
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${1:-runs/demo}
+DATA=${DATA:-../shared/data/sg-ffhq}
+OUT=${OUT:-/tmp/must-show}
+mkdir -p "$OUT"
+grep -o -w -E 'avx2|avx512[a-z0-9_]*|avx_vnni|amx[a-z0-9_]*' /proc/cpuinfo | sort -u \
+  | tr '\n' ' ' | tee "$OUT/cpu-flags.txt"
+echo
+[ -f "$RUN/model.safetensors" ] || OUT="$RUN" bash scripts/demo.sh
+export TORCH_HOME=${TORCH_HOME:-$OUT/torch-home}
+mkdir -p "$TORCH_HOME/hub/checkpoints"
+cp -n ../shared/weights/*.pth "$TORCH_HOME/hub/checkpoints/" 2>/dev/null || true
+fs=.venv/bin/fakescope
+{ time $fs export "$RUN" --to openvino --int8; } 2>&1 | tee "$OUT/export.log"
+.venv/bin/python scripts/runtime_agreement.py "$RUN" --data "$DATA" \
+  --runtimes torch openvino-int8 --out "$OUT/agree" 2>&1 | tee "$OUT/agree.log"
+for faces in auto never; do
+  $fs bench --e2e "$DATA" --run "$RUN" --limit 330 --iters 10 --rounds 3 --faces "$faces" \
+    2>&1 | tee "$OUT/bench-$faces.log"
+done
+echo "logs in $OUT"
