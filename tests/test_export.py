@@ -296,6 +296,7 @@ def test_confirm_gives_the_networks_verdicts(run_copy, onnx_fp32, tmp_path):
         s_above, s_below = torch.sigmoid(torch.tensor([above, below]))
         assert s_above >= t and float(s_above) >= t and s_below < t and float(s_below) < t
         assert below < above and above - below < 1e-2
+    assert _logits_beside(0.0, -16.1) == (pytest.approx(-16.1, abs=1e-5), -16.1)  # ends
     # the check scores the validation split through a band as predict will: the images
     # within it confirmed, and the verdicts the network's
     from fakescope.scoring import export as X

@@ -309,13 +309,16 @@ def _logits_beside(threshold: float, centre: float) -> tuple[float, float]:
         return bool(s >= threshold), float(s) >= threshold
 
     step, above, below = 1e-7, None, None
-    while above is None or below is None:
+    for _ in range(64):  # 2**64 steps: past any logit whose sigmoid float32 tells apart
         if above is None and all(called(centre + step)):
             above = centre + step
         if below is None and not any(called(centre - step)):
             below = centre - step
+        if above is not None and below is not None:
+            break
         step *= 2
-    return above, below
+    # none: a threshold of 0 or 1, which every score or none reaches whatever the logit
+    return (centre if above is None else above), (centre if below is None else below)
 
 
 def backend_of(
