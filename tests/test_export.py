@@ -266,6 +266,13 @@ def test_confirm_gives_the_networks_verdicts(run_copy, onnx_fp32, tmp_path):
     assert "unconfirmed" not in c  # nothing to confirm: checked once
     scorer = Scorer.of_run(run, "cpu", runtime="onnx")
     assert not isinstance(scorer.backend, ConfirmingBackend) and scorer.engine == "onnx-fp32"
+    # what predict and evaluate say they score with names the confirmation where there is one
+    assert "confirms" not in art.describe()
+    wider = {**art.info, "confirm": {**band, "half_width": 0.81},
+             "check": {**c, "confirmed_share": 0.109}}  # fmt: skip
+    said = type(art)(art.name, art.runtime, art.int8, art.model_file, wider).describe()
+    assert "the run's network confirms the verdicts within 0.81 logits" in said
+    assert "11 % of those images" in said
     # the mechanics, with a band wide enough to hold some of a handful of images
     from PIL import Image
 

@@ -59,10 +59,16 @@ class Artifact:
         return float(self.info["check"]["img_per_s"])
 
     def describe(self) -> str:
-        c = self.info["check"]
+        c, band = self.info["check"], self.info.get("confirm")
+        confirmed = (
+            f"; the run's network confirms the verdicts within {band['half_width']:.2f} logits "
+            f"of its threshold, {100 * c['confirmed_share']:.0f} % of those images"
+            if band and band["half_width"] > 0
+            else ""
+        )
         return (
             f"{self.name} (checked on {c['n']} {c['split']} images: AUC {c['auc']:.4f} against "
-            f"torch's {c['auc_torch']:.4f}; {c['img_per_s']:.0f} img/s at export)"
+            f"torch's {c['auc_torch']:.4f}; {c['img_per_s']:.0f} img/s at export{confirmed})"
         )
 
 
