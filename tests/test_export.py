@@ -168,9 +168,13 @@ def test_int8_fine_tuning_keeps_the_closer_network_and_converts_faithfully(run_c
     data = X._data_of(run, None)
     calib = [x for x, _, _ in X._loader(run, data, "train", 8, 8)]
     train = X._loader(run, data, "train", 24, 8, shuffle=True)
-    net, f = finetune_int8(run.model, calib, train, steps=12, progress=False)
+    net, f = finetune_int8(run.model, calib, train, steps=12, progress=False, check_every=5)
     assert f["steps"] == 12 and f["kept"] in ("fine-tuned", "calibrated")
     assert (f["kept"] == "fine-tuned") == (f["logit_rmse_after"] < f["logit_rmse_before"])
+    # compared with fp32 every 5 batches and after the last; the closest check is the one kept
+    assert [s for s, _ in f["trace"]] == [0, 5, 10, 12]
+    assert f["logit_rmse_after"] == min(r for s, r in f["trace"][1:])
+    assert f["trace"][[s for s, _ in f["trace"]].index(f["best_step"])][1] == f["logit_rmse_after"]
     fp32 = inference_model(run.model)
     with torch.no_grad():
         kept_rmse = torch.cat([(net(x) - fp32(x)).reshape(-1) for x in calib])

@@ -94,7 +94,8 @@ def cmd_export(a) -> int:
         print(
             f"  fine-tuned {f['steps']} batches: int8 logits off fp32's by "
             f"{f['logit_rmse_before']:.3f} RMS calibrated, {f['logit_rmse_after']:.3f} fine-tuned "
-            f"(calibration images); kept the {f['kept']} network"
+            f"(closest after {f.get('best_step', f['steps'])} batches; calibration images); kept "
+            f"the {f['kept']} network"
         )
     print(
         f"  val AUC {c['auc']:.4f} (torch {c['auc_torch']:.4f}), threshold {art.threshold:.4f} "
