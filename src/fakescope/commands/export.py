@@ -102,10 +102,8 @@ def cmd_export(a) -> int:
         f"(torch {c['threshold_torch']:.4f}), F1 {c['f1_at_own_threshold']:.4f} "
         f"(torch {c['f1_torch_at_its_threshold']:.4f})"
     )
-    band = art.info.get("confirm")
-    if band and band["half_width"] == 0:
-        print("  verdicts unlike torch's on the validation split: none, so none to confirm")
-    elif band:
+    band = art.confirmation
+    if band:
         print(
             f"  the network confirms verdicts within {band['half_width']:.3f} logits of the "
             f"threshold: {100 * c['confirmed_share']:.1f} % of the validation images; "

@@ -58,12 +58,19 @@ class Artifact:
     def rate(self) -> float:
         return float(self.info["check"]["img_per_s"])
 
+    @property
+    def confirmation(self) -> dict | None:
+        """The band in which the run's network confirms this export's verdicts; None where
+        the export scores alone (made without confirmation, or with an empty band)."""
+        band = self.info.get("confirm")
+        return band if band and band["half_width"] > 0 else None
+
     def describe(self) -> str:
-        c, band = self.info["check"], self.info.get("confirm")
+        c, band = self.info["check"], self.confirmation
         confirmed = (
             f"; the run's network confirms the verdicts within {band['half_width']:.2f} logits "
             f"of its threshold, {100 * c['confirmed_share']:.0f} % of those images"
-            if band and band["half_width"] > 0
+            if band
             else ""
         )
         return (
@@ -342,8 +349,7 @@ def artifact_backend(art: Artifact, run: Run, batch: int | None = None):
     verdicts near the threshold (``ConfirmingBackend``), unless the band is empty (the export
     gave the network's verdicts on every validation image)."""
     backend = backend_of(art.runtime, art.model_file, batch=batch)
-    band = art.info.get("confirm")
-    return confirming(backend, run, band) if band and band["half_width"] > 0 else backend
+    return confirming(backend, run, art.confirmation) if art.confirmation else backend
 
 
 def confirming(backend, run: Run, band: dict) -> ConfirmingBackend:
