@@ -167,9 +167,16 @@ def test_int8_fine_tuning_keeps_the_closer_network_and_converts_faithfully(run_c
     run = load_run(run_copy)
     data = X._data_of(run, None)
     calib = [x for x, _, _ in X._loader(run, data, "train", 8, 8)]
-    train = X._loader(run, data, "train", 24, 8, shuffle=True)
+    loader = X._loader(run, data, "train", 24, 8, shuffle=True)
+
+    class Train(list):  # the loader's six batches of 8, then a short one no step may take
+        batch_size, dataset = 8, range(52)
+
+    train = Train(loader)
+    train.append((torch.full((4, 3, 96, 96), float("nan")), None, None))
     net, f = finetune_int8(run.model, calib, train, steps=12, progress=False, check_every=5)
     assert f["steps"] == 12 and f["kept"] in ("fine-tuned", "calibrated")
+    assert f["lr_schedule"] == "cosine to 0" and all(np.isfinite(r) for _, r in f["trace"])
     assert (f["kept"] == "fine-tuned") == (f["logit_rmse_after"] < f["logit_rmse_before"])
     # compared with fp32 every 5 batches and after the last; the closest check is the one kept
     assert [s for s, _ in f["trace"]] == [0, 5, 10, 12]

@@ -63,7 +63,7 @@ CONFIRM_MARGIN = 1.5
 # an export the network must confirm on more of the validation images than this is mostly
 # the network again: refused, rather than kept as a slower torch that hides a bad export
 CONFIRM_MAX_SHARE = 0.5
-FINETUNE_STEPS = 300  # batches at most by default: one pass over the demo's 1,540 is 97
+FINETUNE_STEPS = 300  # batches at most by default: one pass over the demo's 1,540 is 96
 # What the exported graph holds and how it is named (``_Graph``, ``_onnx``): raise it when that
 # changes, so that an int8 export never starts from a kept fp32 graph of the older kind
 GRAPH_FORMAT = 1
@@ -498,7 +498,8 @@ def export_run(
         elif int8 and finetune != 0:
             model_file = tmp / f"{name}.xml"
             train = _loader(run, data, "train", 0, batch_size, shuffle=True)
-            steps = min(len(train), FINETUNE_STEPS) if finetune is None else finetune
+            whole = max(1, len(train.dataset) // batch_size)  # fine-tuning skips a short batch
+            steps = min(whole, FINETUNE_STEPS) if finetune is None else finetune
             log.info("int8: calibrating, then fine-tuning for %d batches of training images", steps)
             net, finetuned = finetune_int8(run.model, [x for x, _, _ in calib], train, steps)
             torch_to_openvino(net, run, model_file)
