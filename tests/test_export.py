@@ -143,7 +143,8 @@ def test_openvino_int8_is_checked_and_calibrated(run_copy, onnx_fp32):
 
     band = art.info["confirm"]
     assert band is not None and c["verdicts_unlike_torch"] == 0
-    assert band["half_width"] == pytest.approx(1.5 * band["widest_difference"])
+    wider = max(1.5 * band["widest_difference"], band["widest_move"])
+    assert band["half_width"] == (pytest.approx(wider) if wider >= 0.01 else 0)
     scorer = Scorer.of_run(run_copy, "cpu", runtime="openvino")
     assert scorer.engine == "openvino-int8"
     confirmed = isinstance(scorer.backend, ConfirmingBackend)
@@ -255,11 +256,12 @@ def test_onnx_int8_is_checked_and_leaves_the_logits_in_float(run_copy, onnx_fp32
 
 
 def test_confirm_gives_the_networks_verdicts(run_copy, onnx_fp32, tmp_path):
-    """``--confirm``: the band is 1.5x the widest validation disagreement around the export's
-    threshold, and within it the logit is the network's moved by the thresholds' difference
-    (kept in the band), outside it the export's. The fp32 graph gives the network's verdicts
-    on every validation image, so its band is empty and it scores alone. (On a copy of the
-    run: its export must not reach the other tests.)"""
+    """``--confirm``: the band around the export's threshold is 1.5x the widest validation
+    disagreement or the widest validation move of a logit, and within it the logit is the
+    network's moved by the thresholds' difference (kept in the band), outside it the export's.
+    The fp32 graph keeps the (fp32) network's logits to far less than 0.01 on every validation
+    image, so its band is empty and it scores alone. (On a copy of the run: its export must
+    not reach the other tests.)"""
     import shutil
 
     from fakescope.scoring.engines import ConfirmingBackend, confirming
@@ -270,7 +272,7 @@ def test_confirm_gives_the_networks_verdicts(run_copy, onnx_fp32, tmp_path):
     art = export_run(copy, "onnx", limit=LIMIT, confirm=True)
     run = load_run(copy)
     band, c = art.info["confirm"], art.info["check"]
-    assert band["half_width"] == band["widest_difference"] == 0
+    assert band["half_width"] == band["widest_difference"] == 0 and band["widest_move"] < 0.01
     assert band["centre"] == pytest.approx(_logit(art.threshold))
     assert band["shift"] == pytest.approx(_logit(art.threshold) - _logit(run.threshold))
     assert c["verdicts_unlike_torch"] == 0 and c["confirmed_share"] == 0
@@ -324,6 +326,37 @@ def test_confirm_gives_the_networks_verdicts(run_copy, onnx_fp32, tmp_path):
                                                          "threshold": art.threshold})  # fmt: skip
     assert 0 < checked["confirmed_share"] <= 1 and checked["verdicts_unlike_torch"] == 0
     assert checked["auc"] == pytest.approx(checked["auc_torch"], abs=1e-3)
+
+
+def test_the_band_covers_the_widest_move_not_only_the_widest_disagreement():
+    """A network confident on validation leaves few images near its threshold to disagree on:
+    the band must still reach as far as the export moved any validation logit (saturated
+    scores, whose float32 logits mean nothing, left out), and moves too small to matter leave
+    it empty."""
+    from fakescope.scoring.export import _logit, confirmation_band
+
+    sig = lambda z: 1 / (1 + np.exp(-np.asarray(z, dtype=float)))  # noqa: E731
+    net = np.array([-6.0, -3.0, -0.1, 0.3, 4.0, 7.0, 30.0])  # logits; 30 saturates
+    moved = net + np.array([0.2, -0.9, -0.05, 0.1, 0.4, -0.3, -25.0])
+    band = confirmation_band(sig(moved), sig(net), 0.5, 0.5)
+    assert band["widest_difference"] == 0  # every verdict the network's: no disagreement
+    assert band["widest_move"] == pytest.approx(0.9, abs=1e-6)  # not the saturated 25
+    assert band["half_width"] == pytest.approx(0.9, abs=1e-6)
+    assert band["val_share_within"] == pytest.approx(2 / 7)  # -0.15 and 0.4
+    # a disagreement 0.7 out: 1.5x it is wider than any move
+    off = moved.copy()
+    off[3] = -0.7
+    band = confirmation_band(sig(off), sig(net), 0.5, 0.5)
+    assert band["widest_difference"] == pytest.approx(0.7) and band["half_width"] == (
+        pytest.approx(1.05)
+    )
+    # the thresholds differ: moves are measured from each one's own
+    band = confirmation_band(sig(net + 0.5), sig(net), sig(0.5), 0.5)
+    assert band["widest_move"] < 1e-6 and band["half_width"] == 0
+    assert band["shift"] == pytest.approx(0.5) and band["centre"] == pytest.approx(_logit(sig(0.5)))
+    # moves under 0.01 logits confirm nothing but ties: empty
+    band = confirmation_band(sig(net + 0.004 * np.sign(net)), sig(net), 0.5, 0.5)
+    assert band["half_width"] == 0 and 0 < band["widest_move"] < 0.01
 
 
 def _quantisers_after_classifier(xml) -> list[str]:

@@ -65,8 +65,9 @@ def _add_export(sub):
         action=argparse.BooleanOptionalAction,
         default=argparse.SUPPRESS,  # on for --int8, off otherwise: said in the help
         help="have the run's own network score again the images whose exported score lies "
-        "near the threshold (within 1.5x the widest distance at which the export's verdict "
-        "differed from the network's on the validation split), so that the verdicts are the "
+        "near the threshold (as far out as the export moved any validation logit from the "
+        "network's, and 1.5x as far as its verdict differed from the network's on the "
+        "validation split), so that the verdicts are the "
         "network's while most images take the export's speed; the check measures it so. "
         "Default: on with --int8 (int8 alone changed verdicts on every run measured), off for "
         "fp32; --no-confirm keeps int8's own verdicts at its full speed",

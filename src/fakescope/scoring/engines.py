@@ -268,7 +268,7 @@ class ConfirmingBackend:
     scores every image, and those whose logit lies within ``band`` of the export's threshold
     (in logits) are scored again by ``exact`` (a ``TorchBackend``), whose logit, moved by the
     two thresholds' difference and kept within the band, replaces the export's. Outside the
-    band the export's verdicts were the network's on every validation image
+    band the export moved no validation logit far enough to change its verdict
     (``export.confirmation_band``), so the verdicts are the network's throughout at the cost
     of scoring a few images twice. int8 moves single logits by ~0.5, unevenly between the
     classes (docs/benchmarks.md, session 24): no threshold absorbs that."""

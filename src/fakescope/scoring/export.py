@@ -60,6 +60,15 @@ CALIBRATION_IMAGES = 32  # per class, from the training split (see _onnx_int8 on
 # safety margin for images further out than any of the few hundred validation ones (on the
 # demo the test split's widest lay 1.27x out; docs/benchmarks.md, session 24)
 CONFIRM_MARGIN = 1.5
+# Nor is it narrower than the widest distance the export moved any validation logit from the
+# network's (relative to their thresholds): a confident network leaves few validation images
+# near its threshold to disagree on, and on the AVX-512 demo (session 30) a band of 1.5x the
+# one disagreement at 0.165 logits let two test verdicts through whose logits int8 had moved
+# 0.32 and 0.76, where validation logits moved as far as 1.1. Scores within this of 0 or 1
+# carry no logit worth measuring in float32; a band narrower than CONFIRM_NEGLIGIBLE logits
+# confirms nothing but ties and is left empty (an fp32 export of the same network).
+CONFIRM_SATURATED = 1e-5
+CONFIRM_NEGLIGIBLE = 0.01
 # an export the network must confirm on more of the validation images than this is mostly
 # the network again: refused, rather than kept as a slower torch that hides a bad export
 CONFIRM_MAX_SHARE = 0.5
@@ -361,20 +370,32 @@ def _logit(p) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def confirmation_band(s, verdicts, threshold: float, torch_threshold: float) -> dict:
+def confirmation_band(s, reference, threshold: float, torch_threshold: float) -> dict:
     """Where the run's network must confirm an export's verdicts (``ConfirmingBackend``): the
-    logits within ``half_width`` of the export's threshold, ``CONFIRM_MARGIN`` times the
-    widest distance at which the export's verdict differed from the network's on the
-    validation split, so that test images a little further out are covered too."""
+    logits within ``half_width`` of the export's threshold. ``s`` are the export's validation
+    scores, ``reference`` the network's (as ``--runtime torch`` scores them). The half-width is
+    the wider of ``CONFIRM_MARGIN`` times the widest distance at which the export's verdict
+    differed from the network's, and the widest distance the export moved a logit from the
+    network's, each relative to its threshold: an image further out than that keeps its
+    verdict unless it moves further than any validation image did."""
+    s, reference = np.asarray(s, dtype=float), np.asarray(reference, dtype=float)
     z, centre = _logit(s), float(_logit(threshold))
-    differ = (np.asarray(s) >= threshold) != np.asarray(verdicts, dtype=bool)
+    zr, torch_centre = _logit(reference), float(_logit(torch_threshold))
+    differ = (s >= threshold) != (reference >= torch_threshold)
     widest = float(np.abs(z[differ] - centre).max()) if differ.any() else 0.0
-    width = CONFIRM_MARGIN * widest
+    edge = CONFIRM_SATURATED
+    measured = (np.minimum(s, 1 - s) > edge) & (np.minimum(reference, 1 - reference) > edge)
+    moved = np.abs((z - centre) - (zr - torch_centre))[measured]
+    widest_move = float(moved.max()) if moved.size else 0.0
+    width = max(CONFIRM_MARGIN * widest, widest_move)
+    if width < CONFIRM_NEGLIGIBLE:
+        width = 0.0
     return {
         "centre": centre,
         "half_width": width,
-        "shift": centre - float(_logit(torch_threshold)),
+        "shift": centre - torch_centre,
         "widest_difference": widest,
+        "widest_move": widest_move,  # over the val images whose scores are not saturated
         "val_share_within": float((np.abs(z - centre) <= width).mean()),
     }
 
@@ -421,7 +442,7 @@ def check(run: Run, model_file: Path, runtime: str, val_loader, confirm: dict | 
         "f1_at_own_threshold": M.at_threshold(y, s, agreement)["f1"],
         "f1_torch_at_its_threshold": M.at_threshold(ty, verdicts, run.threshold)["f1"],
         "verdicts_unlike_torch": unlike,  # at the export's threshold, of n
-        "confirmation_band": confirmation_band(s, reference, agreement, run.threshold),
+        "confirmation_band": confirmation_band(s, verdicts, agreement, run.threshold),
         "confirmed_share": backend.confirmed / max(backend.seen, 1) if confirm else None,
         "img_per_s": rate,
         "torch_img_per_s": trate,
@@ -549,15 +570,16 @@ def export_run(
             threshold = result["thresholds"]["agreement"]
             band = {**result["confirmation_band"], "threshold": threshold}
             if band["half_width"] == 0:  # engines.artifact_backend then scores it alone
-                log.info("%s gave the network's verdicts on every validation image: "
-                         "none to confirm", name)  # fmt: skip
+                log.info("%s kept the network's logits within %.3f of them on every "
+                         "validation image: none to confirm", name, CONFIRM_NEGLIGIBLE)  # fmt: skip
                 result["confirmed_share"] = 0.0
             elif band["val_share_within"] > CONFIRM_MAX_SHARE:
                 raise FakescopeError(
                     f"{name} export refused: validation AUC {result['auc']:.4f} against "
-                    f"torch's {result['auc_torch']:.4f}, and its verdicts differed from the "
-                    f"network's as far as {band['widest_difference']:.3f} logits from its "
-                    f"threshold: the network would have to confirm "
+                    f"torch's {result['auc_torch']:.4f}; it moved logits as far as "
+                    f"{band['widest_move']:.3f} from the network's and its verdicts differed "
+                    f"from the network's as far as {band['widest_difference']:.3f} logits from "
+                    f"its threshold: the network would have to confirm "
                     f"{100 * band['val_share_within']:.0f} % of the validation images (at most "
                     f"{100 * CONFIRM_MAX_SHARE:.0f} %). Nothing was kept."
                 )
