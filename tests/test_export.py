@@ -663,6 +663,30 @@ def test_bench_e2e_limit_takes_files_from_every_class():
     assert spread(files[:5], 10) == files[:5] and spread(files, 0) == files
 
 
+def test_bench_e2e_times_models_on_the_files_not_on_noise(run_copy, tmp_path):
+    """The batch each model-only rate repeats is made of the folder's own images (a confirmed
+    export's speed depends on how many lie in its band), passing over a file that will not
+    open; noise only where none does."""
+    from fakescope.bench import _model_batch, spread
+    from fakescope.data.images import list_files, load_rgb
+
+    run = load_run(run_copy)
+    files = list_files([SG])
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    x = _model_batch(run, [bad, *files], 6)
+    assert x.shape == (6, 3, run.input_size, run.input_size) and x.is_floating_point()
+    good = [f for f in spread([bad, *files], 6) if f != bad]  # five, from both classes
+    assert len(good) == 5 and {f.parent.name for f in good} == {"fake", "real"}
+    want = Scorer(None, run.spec).tensors([load_rgb(f, run.input_size) for f in good])
+    assert torch.equal(x[:5], want) and torch.equal(x[5], x[0])  # as the network takes them
+    # two files for a batch of four: they repeat
+    two = _model_batch(run, files[:2], 4)
+    assert torch.equal(two[2:], two[:2])
+    noise = _model_batch(run, [bad], 3)
+    assert noise.shape == (3, 3, run.input_size, run.input_size)
+
+
 def test_bench_e2e_times_every_runtime_against_the_eager_baseline(run_copy, onnx_fp32, capsys):
     from fakescope.bench import run_e2e_bench
 
