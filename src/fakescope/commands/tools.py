@@ -37,7 +37,8 @@ def _add_bench(sub):
         default=None,
         metavar="DIR",
         help="instead: images/s from the files in DIR to verdicts with --run, for torch and "
-        "each checked export, beside each one's model-only rate and the fp32 eager baseline",
+        "each checked export, beside each one's model-only rate (one batch of DIR's images, "
+        "repeated) and the fp32 eager baseline",
     )
     p.add_argument("--run", default=None, help="with --e2e: the run folder to score with")
     p.add_argument("--faces", default="auto", choices=["auto", "always", "never"])
