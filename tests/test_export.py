@@ -341,9 +341,10 @@ def test_the_band_covers_the_widest_move_not_only_the_widest_disagreement():
     the band must still reach as far as the export moved any validation logit (saturated
     scores, whose float32 logits mean nothing, left out), and moves too small to matter leave
     it empty."""
+    from scipy.special import expit as sig
+
     from fakescope.scoring.export import _logit, confirmation_band
 
-    sig = lambda z: 1 / (1 + np.exp(-np.asarray(z, dtype=float)))  # noqa: E731
     net = np.array([-6.0, -3.0, -0.1, 0.3, 4.0, 7.0, 30.0])  # logits; 30 saturates
     moved = net + np.array([0.2, -0.9, -0.05, 0.1, 0.4, -0.3, -25.0])
     band = confirmation_band(sig(moved), sig(net), 0.5, 0.5)

@@ -347,9 +347,9 @@ def artifact_backend(art: Artifact, run: Run, batch: int | None = None):
     """The backend an export is scored with, as its check measured it: the file's own, or,
     for an export made with ``--confirm``, the file's with the run's network confirming the
     verdicts near the threshold (``ConfirmingBackend``), unless the band is empty (the export
-    gave the network's verdicts on every validation image)."""
-    backend = backend_of(art.runtime, art.model_file, batch=batch)
-    return confirming(backend, run, art.confirmation) if art.confirmation else backend
+    moved no validation logit as far as ``export.CONFIRM_NEGLIGIBLE``)."""
+    backend, band = backend_of(art.runtime, art.model_file, batch=batch), art.confirmation
+    return confirming(backend, run, band) if band else backend
 
 
 def confirming(backend, run: Run, band: dict) -> ConfirmingBackend:

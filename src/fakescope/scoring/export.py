@@ -383,8 +383,8 @@ def confirmation_band(s, reference, threshold: float, torch_threshold: float) ->
     zr, torch_centre = _logit(reference), float(_logit(torch_threshold))
     differ = (s >= threshold) != (reference >= torch_threshold)
     widest = float(np.abs(z[differ] - centre).max()) if differ.any() else 0.0
-    edge = CONFIRM_SATURATED
-    measured = (np.minimum(s, 1 - s) > edge) & (np.minimum(reference, 1 - reference) > edge)
+    measured = np.minimum(np.minimum(s, 1 - s), np.minimum(reference, 1 - reference))
+    measured = measured > CONFIRM_SATURATED
     moved = np.abs((z - centre) - (zr - torch_centre))[measured]
     widest_move = float(moved.max()) if moved.size else 0.0
     width = max(CONFIRM_MARGIN * widest, widest_move)
@@ -570,8 +570,8 @@ def export_run(
             threshold = result["thresholds"]["agreement"]
             band = {**result["confirmation_band"], "threshold": threshold}
             if band["half_width"] == 0:  # engines.artifact_backend then scores it alone
-                log.info("%s kept the network's logits within %.3f of them on every "
-                         "validation image: none to confirm", name, CONFIRM_NEGLIGIBLE)  # fmt: skip
+                log.info("%s moved no validation logit %.2f or more from the network's: "
+                         "none to confirm", name, CONFIRM_NEGLIGIBLE)  # fmt: skip
                 result["confirmed_share"] = 0.0
             elif band["val_share_within"] > CONFIRM_MAX_SHARE:
                 raise FakescopeError(
