@@ -34,10 +34,10 @@ class MemoDetector:
         self.inner = MTCNNDetector()
         self.memo: dict[bytes, list[Face]] = {}
 
-    def detect(self, im: Image.Image) -> list[Face]:
-        key = hashlib.sha1(im.tobytes()).digest() + repr((im.size, im.mode)).encode()
+    def detect(self, im: Image.Image, min_face: int | None = None) -> list[Face]:
+        key = hashlib.sha1(im.tobytes()).digest() + repr((im.size, im.mode, min_face)).encode()
         if key not in self.memo:
-            self.memo[key] = self.inner.detect(im)
+            self.memo[key] = self.inner.detect(im, min_face)
         return list(self.memo[key])
 
 
@@ -368,6 +368,50 @@ def test_the_quick_test_leaves_a_face_on_the_edge_of_its_bound_to_mtcnn(detector
         assert cropper.tight_face(canvas, cropper.faces(canvas)) is None, name
         for lbp in (False, True):
             assert QuickTightTest(lbp=lbp).tight_face(canvas) is None, (name, lbp)
+
+
+class Asked:
+    """The real MTCNN (through the memo), noting how big a face each search looked for."""
+
+    def __init__(self, inner):
+        self.inner, self.asked = inner, []
+
+    def detect(self, im: Image.Image, min_face: int | None = None) -> list[Face]:
+        self.asked.append(min_face)
+        return self.inner.detect(im, min_face)
+
+
+def test_auto_asks_mtcnn_for_a_big_face_first_and_the_whole_search_decides_the_rest(
+    detector, group
+):
+    """Where the quick test has no answer, MTCNN looks first only for a face as big as the
+    big-face pass's bound (a short pyramid); a face crop is answered there, anything else is
+    searched whole. Its decisions are the whole search's: on face crops, on a group photo, and
+    on a row of three faces whose middle one lies near the rule's size bound (the middle face
+    is about a quarter of the canvas's short side)."""
+    from fakescope.data.faces import BIG_FACE_MIN_RATIO
+
+    face = Image.open(ffhq(1, "fake")[0]).convert("RGB")
+    asked = Asked(detector)
+    found = FaceCropper("auto", detector=asked, quick_test=False).crops(face)
+    assert len(found) == 1 and found[0][1] is face
+    assert asked.asked == [math.floor(BIG_FACE_MIN_RATIO * min(face.size))]
+
+    canvas, _ = group
+    asked.asked.clear()
+    auto = FaceCropper("auto", detector=asked, quick_test=False).crops(canvas)
+    assert asked.asked == [math.floor(BIG_FACE_MIN_RATIO * min(canvas.size)), None]
+    always = FaceCropper("always", detector=detector).crops(canvas)
+    assert [f.box for f, _ in auto] == [f.box for f, _ in always]
+
+    row = Image.new("RGB", (768, 300), (200, 200, 200))
+    for j, p in enumerate(ffhq(3, "real")):
+        row.paste(Image.open(p).convert("RGB").resize((220, 220)), (j * 256 + 18, 40))
+    whole = FaceCropper("auto", detector=detector, quick_test=False)
+    for im in (*(Image.open(p).convert("RGB") for p in ffhq(3, "fake")), canvas, row):
+        rule = whole.tight_face(im, whole.faces(im)) is not None
+        crops = whole.crops(im)
+        assert (len(crops) == 1 and crops[0][1] is im) == rule
 
 
 def test_the_lbp_pass_answers_most_face_crops_alone_and_no_group_photo(group):

@@ -34,6 +34,12 @@ TIGHT_MAX_OFFSET = 0.25
 # MTCNN's, and a box centred just inside the rule's offset can be MTCNN's just outside it.
 QUICK_MIN_RATIO = 0.4
 QUICK_MAX_OFFSET = 0.2
+# MTCNN's first, big-face-only pass in "auto" (FaceCropper.crops): its boxes come from a coarser
+# pyramid than the whole search's, a few pixels off them; a face within a few pixels of the
+# rule's size bound (the middle of three in a row) came out a crop there and not in the whole
+# search, so this pass answers only for faces well over the bound, and the rest are searched
+# whole (docs/faces.md)
+BIG_FACE_MIN_RATIO = 0.3
 
 # OpenCV's pip wheels ship only the Haar cascades; its LBP cascades come with the system's
 # OpenCV data (Debian's and Ubuntu's opencv-data, Homebrew's opencv).
@@ -79,7 +85,7 @@ class Face:
 class FaceDetector(Protocol):
     name: str
 
-    def detect(self, im: Image.Image) -> list[Face]: ...
+    def detect(self, im: Image.Image, min_face: int | None = None) -> list[Face]: ...
 
 
 class MTCNNDetector:
@@ -119,7 +125,11 @@ class MTCNNDetector:
             self._net = net.to(memory_format=torch.channels_last)
         return self._net
 
-    def detect(self, im: Image.Image) -> list[Face]:
+    def detect(self, im: Image.Image, min_face: int | None = None) -> list[Face]:
+        """Faces in ``im``, most confident first; ``min_face``: the smallest face side looked
+        for in this call (default: the detector's), in pixels of ``im``."""
+        import torch
+
         if im.mode != "RGB":
             im = im.convert("RGB")
         scale = 1.0
@@ -129,27 +139,33 @@ class MTCNNDetector:
             scale = self.max_side / max(im.size)
             small = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
             im = im.resize(small, Image.BILINEAR)
-        # No face fits in an image narrower than the smallest face looked for; MTCNN's pyramid
-        # is empty then and it raises instead of saying so.
-        if min(im.size) < max(12, self.min_face_size):
+        # MTCNN's first network sees 12 px; the detector's own bound counts in pixels of the
+        # image it searches, a caller's in pixels of the image given. No face fits in an image
+        # narrower than that; MTCNN's pyramid is empty then and it raises instead of saying so.
+        least = max(12, self.min_face_size if min_face is None else round(min_face * scale))
+        if min(im.size) < least:
             return []
+        from facenet_pytorch.models.utils.detect_face import detect_face
+
+        net = self._model()
         try:
-            boxes, probs, points = self._model().detect(im, landmarks=True)
+            # facenet's own detect() with the pyramid's smallest face as an argument, not as
+            # the shared model's attribute: the face stage's worker threads share one model
+            with torch.no_grad():
+                boxes, points = detect_face(
+                    im, least, net.pnet, net.rnet, net.onet, net.thresholds, net.factor, net.device
+                )
         except (RuntimeError, ValueError, IndexError, TypeError):
             # Degenerate inputs (slivers, flat images) can break its internals; "no face" is the
             # honest answer and the caller reports it.
             return []
-        if boxes is None:
-            return []
         faces = []
-        for box, p, pts in zip(boxes, probs, points, strict=False):
-            if p is None or float(p) < self.threshold:
+        for box, pts in zip(np.asarray(boxes[0]).reshape(-1, 5), points[0], strict=False):
+            if float(box[4]) < self.threshold:
                 continue
-            b = tuple(float(v) / scale for v in box)
-            lm = (
-                None if pts is None else tuple((float(x) / scale, float(y) / scale) for x, y in pts)
-            )
-            faces.append(Face(box=b, confidence=float(p), landmarks=lm))
+            b = tuple(float(v) / scale for v in box[:4])
+            lm = tuple((float(x) / scale, float(y) / scale) for x, y in pts)
+            faces.append(Face(box=b, confidence=float(box[4]), landmarks=lm))
         faces.sort(key=lambda f: f.confidence, reverse=True)
         return faces[: self.max_faces]
 
@@ -346,21 +362,29 @@ class FaceCropper:
             )
         return self._detector
 
-    def faces(self, im: Image.Image) -> list[Face]:
-        """Detected faces, most confident first."""
-        return sorted(self.detector.detect(im), key=lambda f: f.confidence, reverse=True)
+    def faces(self, im: Image.Image, min_face: int | None = None) -> list[Face]:
+        """Detected faces, most confident first; ``min_face``: only faces this big or bigger
+        are looked for (default: the detector's own bound)."""
+        found = self.detector.detect(im, min_face)
+        return sorted(found, key=lambda f: f.confidence, reverse=True)
 
-    def tight_face(self, im: Image.Image, faces: list[Face]) -> Face | None:
+    def tight_face(
+        self,
+        im: Image.Image,
+        faces: list[Face],
+        min_ratio: float = TIGHT_MIN_RATIO,
+        max_offset: float = TIGHT_MAX_OFFSET,
+    ) -> Face | None:
         """The face ``im`` is a tight crop of (big and central), or None. Of several candidates
         the most central wins: in LFW a neighbour's face can be as big and more confident."""
         short = min(im.size)
-        best, best_off = None, TIGHT_MAX_OFFSET
+        best, best_off = None, max_offset
         for f in faces:
             off = max(
                 abs((f.box[0] + f.box[2]) / 2 / im.width - 0.5),
                 abs((f.box[1] + f.box[3]) / 2 / im.height - 0.5),
             )
-            if min(f.width, f.height) >= TIGHT_MIN_RATIO * short and off <= best_off:
+            if min(f.width, f.height) >= min_ratio * short and off <= best_off:
                 best, best_off = f, off
         return best
 
@@ -370,6 +394,16 @@ class FaceCropper:
         quick = self._quick.tight_face(im) if self._quick else None
         if quick is not None:
             return [(quick, im)]
+        if self.mode == "auto":
+            # MTCNN looks first only for a face big enough to make the image a crop: most
+            # images the quick test leaves in a folder of crops are crops, and a pyramid that
+            # starts there costs a third of the whole one (docs/faces.md)
+            big = math.floor(BIG_FACE_MIN_RATIO * min(im.size))
+            if big > self.min_face:
+                found = self.faces(im, big)
+                tight = self.tight_face(im, found, BIG_FACE_MIN_RATIO, QUICK_MAX_OFFSET)
+                if tight is not None:
+                    return [(tight, im)]
         faces = self.faces(im)
         tight = self.tight_face(im, faces) if self.mode == "auto" else None
         if tight is not None:
