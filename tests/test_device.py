@@ -131,3 +131,33 @@ def test_compiled_scoring_gives_the_eager_scores(monkeypatch):
     compiled = TorchBackend(model, rt, compile=True)
     assert type(compiled.model).__name__ == "OptimizedModule"
     assert torch.allclose(compiled.logits(x), eager, atol=1e-4, rtol=1e-4)
+
+
+def test_scoring_holds_the_weights_in_the_autocast_dtype_and_gives_the_same_logits():
+    """``TorchBackend`` casts its folded network's convolution and linear weights to bf16 once
+    (autocast casts them on every call): on a real torchvision mobilenet_v2 and real images,
+    the logits are bit for bit those of the same network cast by autocast, and the weights
+    are bf16."""
+    import torch
+
+    from fakescope.data.images import load_rgb
+    from fakescope.data.transforms import normalise, to_pixels
+    from fakescope.model.detector import Detector, inference_model
+    from fakescope.model.runtime import Runtime
+    from fakescope.scoring.scorer import TorchBackend
+
+    from .conftest import SG
+
+    torch.manual_seed(0)
+    model = Detector("mobilenet_v2", "gap", 96, weights="none").eval()
+    rt = Runtime(torch.device("cpu"), torch.bfloat16, True)  # bf16 even where it is emulated
+    images = [load_rgb(p) for p in sorted((SG / "fake").glob("*.jpg"))[:3]]
+    x = normalise(torch.stack([to_pixels(im, 96) for im in images]))
+    backend = TorchBackend(model, rt)
+    convs = [m for m in backend.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
+    reference = rt.prepare(inference_model(model))  # fp32 weights, cast by autocast
+    with torch.no_grad(), rt.autocast():
+        want = reference(rt.batch(x)).float().reshape(-1)
+    assert torch.equal(backend.logits(x), want)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the model given

@@ -43,6 +43,8 @@ class TorchBackend:
     def __init__(self, model: nn.Module, runtime: Runtime, compile: bool = False):
         self.runtime = runtime
         self.model = runtime.prepare(inference_model(model))
+        if runtime.amp_dtype is not None:
+            autocast_weights(self.model, runtime.amp_dtype)
         if compile:
             self.model = torch.compile(self.model)
 
@@ -51,6 +53,17 @@ class TorchBackend:
         with self.runtime.autocast():
             out = self.model(self.runtime.batch(x))
         return out.float().reshape(-1).cpu()
+
+
+def autocast_weights(model: nn.Module, dtype: torch.dtype) -> None:
+    """The convolution and linear layers' weights and biases held in autocast's ``dtype``:
+    autocast casts them to it on every call anyway, with the same rounding, so the logits are
+    the same, and a call of one image skips the cast of all its weights: mobilenet_v2 1.06-1.11x
+    on a CPU, where the network confirms an export's verdicts and `serve` scores single
+    requests (docs/benchmarks.md, session 31)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.to(dtype)
 
 
 class Scorer:
