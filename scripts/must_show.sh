@@ -9,6 +9,7 @@
 # Every log goes to $OUT with the CPU's flags; paste the tables into docs/benchmarks.md.
 # About 35-45 minutes on 2 cores (plus 19 to train the demo run where it is missing).
 #   bash scripts/must_show.sh [RUN]          # RUN: runs/demo
+#   EXPORT=0 bash scripts/must_show.sh       # keep the run's checked export (about 10 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/demo}
@@ -23,7 +24,11 @@ export TORCH_HOME=${TORCH_HOME:-$OUT/torch-home}
 mkdir -p "$TORCH_HOME/hub/checkpoints"
 cp -n ../shared/weights/*.pth "$TORCH_HOME/hub/checkpoints/" 2>/dev/null || true
 fs=.venv/bin/fakescope
-{ time $fs export "$RUN" --to openvino --int8; } 2>&1 | tee "$OUT/export.log"
+if [ "${EXPORT:-1}" = 0 ] && [ -f "$RUN/export/openvino-int8.json" ]; then
+  echo "EXPORT=0: keeping $RUN/export/openvino-int8.*" | tee "$OUT/export.log"
+else
+  { time $fs export "$RUN" --to openvino --int8; } 2>&1 | tee "$OUT/export.log"
+fi
 .venv/bin/python scripts/runtime_agreement.py "$RUN" --data "$DATA" \
   --runtimes torch openvino-int8 --out "$OUT/agree" 2>&1 | tee "$OUT/agree.log"
 for faces in auto never; do
