@@ -397,7 +397,7 @@ class FaceCropper:
         if self.mode == "auto":
             # MTCNN looks first only for a face big enough to make the image a crop: most
             # images the quick test leaves in a folder of crops are crops, and a pyramid that
-            # starts there costs a third of the whole one (docs/faces.md)
+            # starts there costs half of the whole one (docs/faces.md)
             big = math.floor(BIG_FACE_MIN_RATIO * min(im.size))
             if big > self.min_face:
                 found = self.faces(im, big)
