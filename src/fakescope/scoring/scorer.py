@@ -44,7 +44,7 @@ class TorchBackend:
         self.runtime = runtime
         self.model = runtime.prepare(inference_model(model))
         if runtime.amp_dtype is not None:
-            autocast_weights(self.model, runtime.amp_dtype)
+            _autocast_weights(self.model, runtime.amp_dtype)
         if compile:
             self.model = torch.compile(self.model)
 
@@ -55,7 +55,7 @@ class TorchBackend:
         return out.float().reshape(-1).cpu()
 
 
-def autocast_weights(model: nn.Module, dtype: torch.dtype) -> None:
+def _autocast_weights(model: nn.Module, dtype: torch.dtype) -> None:
     """The convolution and linear layers' weights and biases held in autocast's ``dtype``:
     autocast casts them to it on every call anyway, with the same rounding, so the logits are
     the same, and a call of one image skips the cast of all its weights: mobilenet_v2 1.06-1.11x
