@@ -135,9 +135,9 @@ def test_compiled_scoring_gives_the_eager_scores(monkeypatch):
 
 def test_scoring_holds_the_weights_in_the_autocast_dtype_and_gives_the_same_logits():
     """``TorchBackend`` casts its folded network's convolution and linear weights to bf16 once
-    (autocast casts them on every call): on a real torchvision mobilenet_v2 and real images,
-    the logits are bit for bit those of the same network cast by autocast, and the weights
-    are bf16."""
+    (autocast casts them on every call) and clamps with integer ops on the bf16 bits: on a
+    real torchvision mobilenet_v2 and real images, the logits are bit for bit those of the
+    same network as autocast runs it, and the weights are bf16."""
     import torch
 
     from fakescope.data.images import load_rgb
@@ -156,8 +156,46 @@ def test_scoring_holds_the_weights_in_the_autocast_dtype_and_gives_the_same_logi
     backend = TorchBackend(model, rt)
     convs = [m for m in backend.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
+    # and every ReLU6 clamps the bits (the equality below holds for both changes together)
+    layers = [type(m).__name__ for m in backend.model.modules()]
+    assert "ReLU6" not in layers and layers.count("_BitsClamp") == 35
     reference = rt.prepare(inference_model(model))  # fp32 weights, cast by autocast
     with torch.no_grad(), rt.autocast():
         want = reference(rt.batch(x)).float().reshape(-1)
     assert torch.equal(backend.logits(x), want)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the model given
+
+
+def test_the_bits_clamp_is_relu_and_relu6_on_every_bf16_number():
+    """Every bf16 bit pattern but the NaNs, through ``_BitsClamp`` in place of ReLU and ReLU6:
+    torch's own layers' results, zero's sign aside; other dtypes go to the layer itself. On a
+    real resnet-style network (ReLU) the logits stay those of autocast's run."""
+    import torch
+    from torch import nn
+
+    from fakescope.model.detector import Detector, inference_model
+    from fakescope.model.runtime import Runtime
+    from fakescope.scoring.scorer import TorchBackend, _BitsClamp
+
+    every = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    every = every[~every.isnan()]
+    for layer in (nn.ReLU(inplace=True), nn.ReLU6(inplace=True)):
+        got = _BitsClamp(layer)(every.clone())
+        want = layer(every.clone())
+        assert torch.equal(got, want) and got.dtype == torch.bfloat16
+        x = torch.randn(1000) * 8
+        assert torch.equal(_BitsClamp(layer)(x.clone()), layer(x.clone()))  # float32 untouched
+    assert torch.equal(
+        _BitsClamp(nn.ReLU6(inplace=True))(every.clone()).max(),
+        torch.tensor(6.0, dtype=torch.bfloat16),
+    )
+    torch.manual_seed(0)
+    model = Detector("resnet18", "gap", 64, weights="none").eval()
+    rt = Runtime(torch.device("cpu"), torch.bfloat16, True)
+    backend = TorchBackend(model, rt)
+    assert not any(type(m) is nn.ReLU for m in backend.model.modules())
+    x = torch.randn(3, 3, 64, 64)
+    reference = rt.prepare(inference_model(model))
+    with torch.no_grad(), rt.autocast():
+        want = reference(rt.batch(x)).float().reshape(-1)
+    assert torch.equal(backend.logits(x), want)

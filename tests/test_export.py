@@ -336,6 +336,50 @@ def test_confirm_gives_the_networks_verdicts(run_copy, onnx_fp32, tmp_path):
     assert checked["auc"] == pytest.approx(checked["auc_torch"], abs=1e-3)
 
 
+@pytest.mark.parametrize("pool, most_waiting", [(8, 16), (1, 0)])
+def test_predict_pools_the_confirmations_and_scores_as_one_batch_at_a_time(
+    run_copy, onnx_fp32, monkeypatch, pool, most_waiting
+):
+    """``predict`` lets the images near the threshold wait, and the network confirms those of
+    several batches in one call: once ``POOL`` of them wait, once ``MAX_WAITING`` batches
+    wait for them, and at the end. The rows come in input order with the scores of
+    confirming each batch as it comes (the network's logits do not depend on the batch)."""
+    from fakescope.data.images import load_rgb
+    from fakescope.scoring import predictor
+    from fakescope.scoring.engines import ConfirmingBackend, confirming
+    from fakescope.scoring.export import _logit
+
+    monkeypatch.setattr(ConfirmingBackend, "POOL", pool)
+    monkeypatch.setattr(predictor, "MAX_WAITING", most_waiting)
+    run = load_run(run_copy)
+    files = sg_images("fake", n=7) + sg_images("real", n=7)
+    alone = backend_of("onnx", onnx_fp32.model_file)
+    images = [load_rgb(f) for f in files]
+    z = Scorer(alone, run.spec).logits(Scorer(alone, run.spec).tensors(images))
+    centre = float(z.median())  # as if the export's threshold lay there: half the images near
+    width = float((z - centre).abs().median())
+    at = float(torch.sigmoid(torch.tensor(centre)))
+    band = {"centre": centre, "half_width": width, "threshold": at,
+            "shift": centre - float(_logit(run.threshold))}  # fmt: skip
+    one_at_a_time = Scorer(confirming(alone, run, band), run.spec, 4, at).score_images(images)
+    pooled = confirming(alone, run, band)
+    pred = Predictor(run, device="cpu", batch_size=4, faces="never", progress=False,
+                     scorer=Scorer(pooled, run.spec, 4, at))  # fmt: skip
+    rows = list(pred.predict(files))
+    assert [r.path for r in rows] == [str(f) for f in files]
+    assert [r.score for r in rows] == [round(float(s), 6) for s in one_at_a_time]
+    assert 0 < pooled.confirmed < len(files) and pooled.waiting == 0
+    # the mechanics: screened now, confirmed when enough wait or when asked to
+    x = pred.scorer.tensors(images[:4])
+    part = pooled.logits_later(x)
+    near = int(part.near.sum())
+    assert part.done == (near == 0) and pooled.waiting == near
+    pooled.confirm_waiting()  # fewer than POOL wait on
+    assert part.done == (near == 0 or near >= pooled.POOL)
+    pooled.confirm_waiting(force=True)
+    assert part.done and torch.equal(part.z, pooled.logits(x))
+
+
 def test_the_band_covers_the_widest_move_not_only_the_widest_disagreement():
     """A network confident on validation leaves few images near its threshold to disagree on:
     the band must still reach as far as the export moved any validation logit (saturated

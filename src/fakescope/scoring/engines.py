@@ -271,9 +271,19 @@ class ConfirmingBackend:
     band the export moved no validation logit far enough to change its verdict
     (``export.confirmation_band``), so the verdicts are the network's throughout at the cost
     of scoring a few images twice. int8 moves single logits by ~0.5, unevenly between the
-    classes (docs/benchmarks.md, session 24): no threshold absorbs that."""
+    classes (docs/benchmarks.md, session 24): no threshold absorbs that.
+
+    ``logits`` confirms a batch's images at once. A pipeline that can wait for some of its
+    scores (``predict``) calls ``logits_later`` instead and ``confirm_waiting`` now and then:
+    the images near the threshold wait, and the network confirms those of several batches in
+    one call, a third cheaper per image than one or two at a time (docs/benchmarks.md,
+    session 32). The network's logits do not depend on the batch they are scored in, so the
+    scores are the same either way."""
 
     tta_inside = True
+    # images the network confirms in one call once that many wait: 8 cost as little per image
+    # as 16 (bf16 on one thread, with the mirror), and leave fewer rows waiting
+    POOL = 8
 
     def __init__(self, fast, exact, band: dict, spec, network_threshold: float):
         self.fast, self.exact, self.spec = fast, exact, spec
@@ -285,32 +295,85 @@ class ConfirmingBackend:
         self.concurrency = getattr(fast, "concurrency", 1)
         self.runtime = None  # Grad-CAM runs the run's network as with any export
         self.seen = self.confirmed = 0  # counts, for `bench` and the check
+        self._lock = threading.Lock()  # the waiting list and the counts: batches score on threads
+        self._waiting: list[Screened] = []
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        part = self._screen(x)
+        if not part.done:
+            self._confirm([part])
+        return part.z
+
+    def logits_later(self, x: torch.Tensor) -> Screened:
+        """The export's logits of ``x`` now; those near the threshold wait in this backend
+        until ``confirm_waiting`` replaces them (``Screened.done`` then)."""
+        part = self._screen(x)
+        if not part.done:
+            with self._lock:
+                self._waiting.append(part)
+        return part
+
+    @property
+    def waiting(self) -> int:
+        """Images waiting for the network."""
+        with self._lock:
+            return sum(len(p.x) for p in self._waiting)
+
+    def confirm_waiting(self, force: bool = False) -> None:
+        """Confirm the waiting images in one call of the network, once ``POOL`` of them wait
+        (``force``: however few)."""
+        with self._lock:
+            n = sum(len(p.x) for p in self._waiting)
+            if not n or (n < self.POOL and not force):
+                return
+            parts, self._waiting = self._waiting, []
+        self._confirm(parts)
+
+    def _screen(self, x: torch.Tensor) -> Screened:
         z = self.fast.logits(x)
         near = (z - self.centre).abs() <= self.width
-        self.seen += len(z)
-        if near.any():
-            from ..data.transforms import normalise
+        with self._lock:
+            self.seen += len(z)
+        return Screened(z, near, x[near] if near.any() else None)
 
-            xe = x[near]
-            if not xe.is_floating_point():
-                xe = normalise(xe, self.spec.mean, self.spec.std)
-            ze = self.exact.logits(xe)
-            if self.spec.tta:
-                ze = (ze + self.exact.logits(torch.flip(xe, dims=[3]))) / 2
-            z = z.clone()
-            # kept inside the band: the network decides the verdict and the order within it,
-            # the export the order around it, so no score jumps past one it did not rank
-            moved = (ze + self.shift).clamp(self.centre - self.width, self.centre + self.width)
-            # and on its own side of the export's threshold after rounding: an image the
-            # network scores at its threshold exactly (the run's threshold is one validation
-            # image's score) must not fall below the export's by a float32 step
-            fake = torch.sigmoid(ze) >= self.network_threshold
-            z[near] = torch.where(fake, moved.clamp(min=self.fake_from),
-                                  moved.clamp(max=self.real_to))  # fmt: skip
-            self.confirmed += int(near.sum())
-        return z
+    def _confirm(self, parts: list[Screened]) -> None:
+        from ..data.transforms import normalise
+
+        xe = torch.cat([p.x for p in parts])
+        if not xe.is_floating_point():
+            xe = normalise(xe, self.spec.mean, self.spec.std)
+        ze = self.exact.logits(xe)
+        if self.spec.tta:
+            ze = (ze + self.exact.logits(torch.flip(xe, dims=[3]))) / 2
+        # kept inside the band: the network decides the verdict and the order within it,
+        # the export the order around it, so no score jumps past one it did not rank
+        moved = (ze + self.shift).clamp(self.centre - self.width, self.centre + self.width)
+        # and on its own side of the export's threshold after rounding: an image the
+        # network scores at its threshold exactly (the run's threshold is one validation
+        # image's score) must not fall below the export's by a float32 step
+        fake = torch.sigmoid(ze) >= self.network_threshold
+        moved = torch.where(fake, moved.clamp(min=self.fake_from), moved.clamp(max=self.real_to))
+        start = 0
+        for p in parts:
+            n = len(p.x)
+            z = p.z.clone()
+            z[p.near] = moved[start : start + n]
+            p.z, p.x, p.done, start = z, None, True, start + n
+        with self._lock:
+            self.confirmed += len(xe)
+
+
+@dataclass
+class Screened:
+    """One batch's logits as the export gave them, and its images near the threshold (``x``)
+    until the network has confirmed them (``done``)."""
+
+    z: torch.Tensor
+    near: torch.Tensor
+    x: torch.Tensor | None
+
+    def __post_init__(self):
+        self.done = self.x is None
 
 
 def _logits_beside(threshold: float, centre: float) -> tuple[float, float]:
