@@ -273,18 +273,27 @@ class Predictor:
             # this thread goes on feeding them: confirming here stalled the pipeline (0.94x).
             waiting, confirming = deque(), [None]
 
-            def settled(last: bool = False):
-                if waiting and not waiting[0][1].ready:
-                    if confirming[0] is not None and (last or len(waiting) > 2 * MAX_WAITING):
-                        confirming[0].result()
-                    if confirming[0] is None or confirming[0].done():
-                        force = last or len(waiting) > MAX_WAITING
-                        confirming[0] = scoring.submit(self.scorer.confirm_waiting, force)
-                    if last:
-                        confirming[0].result()
+            def ready():
                 while waiting and waiting[0][1].ready:
                     done, later = waiting.popleft()
                     yield from finish(done, later.scores())
+
+            def settled(last: bool = False):
+                yield from ready()
+                if not waiting:
+                    return
+                running, far_behind = confirming[0], len(waiting) > 2 * MAX_WAITING
+                if running is not None and (running.done() or last or far_behind):
+                    running.result()  # raises what the network raised
+                    confirming[0] = None
+                if confirming[0] is None:
+                    force = last or len(waiting) > MAX_WAITING
+                    confirming[0] = scoring.submit(self.scorer.confirm_waiting, force)
+                if last:
+                    confirming[0].result()  # forced: every image still waiting is confirmed
+                    yield from ready()
+                    if waiting:  # never lose rows silently
+                        raise RuntimeError(f"{len(waiting)} batches' scores were never confirmed")
 
             fill()
             while ahead:
