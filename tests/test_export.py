@@ -376,6 +376,9 @@ def test_predict_pools_the_confirmations_and_scores_as_one_batch_at_a_time(
     assert [r.path for r in rows] == [str(f) for f in files]
     assert [r.score for r in rows] == [round(float(s), 6) for s in one_at_a_time]
     assert pooled.confirmed == 4 and pooled.waiting == 0
+    from fakescope.bench import confirmation_counts  # what `bench --e2e` reports
+
+    assert confirmation_counts(pred) == (len(files), 4)
     # the mechanics: screened now, confirmed when enough wait or when asked to
     x = pred.scorer.tensors(images[-4:])
     part = pooled.logits_later(x)
@@ -815,6 +818,8 @@ def test_bench_e2e_times_every_runtime_against_the_eager_baseline(run_copy, onnx
     assert onnx["peer_model"] > 0
     assert onnx["of_peer"] == pytest.approx(onnx["e2e"] / onnx["peer_model"])
     assert "onnx-fp32 as exported (dynamic batch), model only" in out
+    # the share the network confirmed end to end: only for confirmed exports (none here)
+    assert all(r["confirmed_share"] is None for r in rows) and "confirmed" not in out
 
 
 def test_serve_answers_with_the_export_as_predict_does(run_copy, onnx_fp32, tmp_path):

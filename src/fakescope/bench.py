@@ -292,6 +292,14 @@ def _e2e(pred, files: list) -> float:
     return len(files) / (time.perf_counter() - t)
 
 
+def confirmation_counts(pred) -> tuple[int, int] | None:
+    """(images scored, images the run's network confirmed) so far where ``pred`` scores with
+    a confirmed export (``ConfirmingBackend``), else None: how much of the end-to-end rate
+    went to confirming (session 31, counting otherwise, put it at half of what it is)."""
+    b = pred.scorer.backend
+    return (b.seen, b.confirmed) if hasattr(b, "confirmed") else None
+
+
 def spread(files: list, limit: int) -> list:
     """At most ``limit`` of ``files`` (0: all), evenly spaced rather than the first ones: sorted
     paths put one class (fake/) before the other, and the face stage costs more on some
@@ -404,9 +412,18 @@ def run_e2e_bench(
         t["model"].append(model)
         t["e2e"].append(e2e)
 
+    confirmed: dict[str, list[int]] = {}  # runtime: [images scored, confirmed] end to end
+
     def measure(name, pred):
         started = time.monotonic()
-        record(name, started, scoring_rate(pred.scorer, x, iters), _e2e(pred, files))
+        model = scoring_rate(pred.scorer, x, iters)
+        before = confirmation_counts(pred)
+        e2e = _e2e(pred, files)
+        if before is not None:
+            after, sums = confirmation_counts(pred), confirmed.setdefault(name, [0, 0])
+            sums[0] += after[0] - before[0]
+            sums[1] += after[1] - before[1]
+        record(name, started, model, e2e)
 
     # The plain baseline runs in a child process: the fast runtime selected below makes malloc
     # keep freed memory for this whole process and for good, which a user's own torch script
@@ -442,7 +459,9 @@ def run_e2e_bench(
     median = statistics.median
     results = [
         {"runtime": name, "e2e": median(t["e2e"]), "model": median(t["model"]),
-         "e2e_all": t["e2e"], "model_all": t["model"], "started": t["at"]}
+         "e2e_all": t["e2e"], "model_all": t["model"], "started": t["at"],
+         "confirmed_share": (confirmed[name][1] / max(confirmed[name][0], 1)
+                             if name in confirmed else None)}
         for name, t in times.items()
     ]  # fmt: skip
     base = results[0]["e2e"]
@@ -465,6 +484,10 @@ def run_e2e_bench(
                 f"  {r['runtime']} as exported (dynamic batch), model only: "
                 f"{r['peer_model']:.1f} img/s; end to end is {r['of_peer']:.2f}x of it"
             )
+    for r in results:
+        if r["confirmed_share"] is not None:
+            print(f"  {r['runtime']}: the run's network confirmed {100 * r['confirmed_share']:.1f} "
+                  f"% of the images end to end (those near the threshold)")  # fmt: skip
     if faces == "auto":
         slow, quick = face_stage_rate(files, False), face_stage_rate(files, True)
         print(f"  face stage alone (auto): MTCNN {slow:.1f} img/s, with the quick test "
