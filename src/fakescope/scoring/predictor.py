@@ -267,8 +267,8 @@ class Predictor:
                     yield from rows
                 bar.update(len(preps))
 
-            # scored batches in input order, some of whose scores may still wait for the run's
-            # network to confirm them (an export's near the threshold: Scorer.score_later)
+            # Scored batches in input order, some of whose scores may still wait for the run's
+            # network to confirm them (an export's, near the threshold: Scorer.score_later).
             # The network confirms on the scoring threads, as the export scores there, while
             # this thread goes on feeding them: confirming here stalled the pipeline (0.94x).
             waiting, confirming = deque(), [None]

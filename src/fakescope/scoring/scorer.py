@@ -83,7 +83,7 @@ class _BitsClamp(nn.Module):
     one below zero, so clamping the int16s to [0, the bits of 6.0] clamps the numbers to
     [0, 6] (a NaN, which the layer would pass on, becomes 0 or 6). torch's own bf16 clamp on a
     CPU takes 2.5x as long as this integer one: a fifth of a bf16 mobilenet_v2's time went to
-    ReLU6, and scoring with this is 1.2x faster with the same logits bit for bit
+    ReLU6, and scoring with this is 1.16x faster with the same logits bit for bit
     (docs/benchmarks.md, session 32). Other dtypes are clamped as the layer would."""
 
     def __init__(self, layer: nn.Module):
