@@ -168,8 +168,8 @@ def test_scoring_holds_the_weights_in_the_autocast_dtype_and_gives_the_same_logi
 
 def test_the_bits_clamp_is_relu_and_relu6_on_every_bf16_number():
     """Every bf16 bit pattern but the NaNs, through ``_BitsClamp`` in place of ReLU and ReLU6:
-    torch's own layers' results, zero's sign aside; other dtypes go to the layer itself. On a
-    real resnet-style network (ReLU) the logits stay those of autocast's run."""
+    torch's own layers' results, zero's sign aside; other dtypes are clamped as the layers
+    would. On a real resnet-style network (ReLU) the logits stay those of autocast's run."""
     import torch
     from torch import nn
 

@@ -345,7 +345,7 @@ def test_predict_pools_the_confirmations_and_scores_as_one_batch_at_a_time(
     wait for them, and at the end. The rows come in input order with the scores of
     confirming each batch as it comes (the network's logits do not depend on the batch).
     The files go from the furthest from the threshold to the nearest, so that only the last
-    batch waits, behind a batch that does not (which lost that batch's rows once)."""
+    batch waits."""
     from fakescope.data.images import load_rgb
     from fakescope.scoring import predictor
     from fakescope.scoring.engines import ConfirmingBackend, confirming
@@ -395,10 +395,10 @@ def test_predict_keeps_the_rows_of_a_batch_screened_after_a_confirmation_ended(
 ):
     """Three batches on two scoring threads, the network confirming each image as soon as it
     waits (``POOL`` 1): the first batch's near images are confirmed while the third is still
-    being screened, so at the end the first batch is ready and the third still waits. The
-    third's rows came out once the first's did, however the threads' times fall; they were
-    lost (26 of 330 in `scripts/runtime_agreement.py`). The export and the network are slowed
-    by a sleep so that the order is the same on every machine."""
+    being screened, so at the end the first batch is ready and the third still waits. Every
+    row comes out, in order; the third batch's were lost before (26 of 330 rows in
+    `scripts/runtime_agreement.py`). The export and the network are slowed by sleeps so that
+    the order is the same on every machine."""
     import time
 
     from fakescope.data.images import load_rgb
