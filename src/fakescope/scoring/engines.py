@@ -317,13 +317,16 @@ class ConfirmingBackend:
     def waiting(self) -> int:
         """Images waiting for the network."""
         with self._lock:
-            return sum(len(p.x) for p in self._waiting)
+            return self._waiting_images()
+
+    def _waiting_images(self) -> int:
+        return sum(len(p.x) for p in self._waiting)
 
     def confirm_waiting(self, force: bool = False) -> None:
         """Confirm the waiting images in one call of the network, once ``POOL`` of them wait
         (``force``: however few)."""
         with self._lock:
-            n = sum(len(p.x) for p in self._waiting)
+            n = self._waiting_images()
             if not n or (n < self.POOL and not force):
                 return
             parts, self._waiting = self._waiting, []

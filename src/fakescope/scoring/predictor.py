@@ -271,7 +271,7 @@ class Predictor:
             # network to confirm them (an export's, near the threshold: Scorer.score_later).
             # The network confirms on the scoring threads, as the export scores there, while
             # this thread goes on feeding them: confirming here stalled the pipeline (0.94x).
-            waiting, confirming = deque(), [None]
+            waiting, confirming = deque(), None  # the confirmation running, if any
 
             def ready():
                 while waiting and waiting[0][1].ready:
@@ -279,18 +279,19 @@ class Predictor:
                     yield from finish(done, later.scores())
 
             def settled(last: bool = False):
+                nonlocal confirming
                 yield from ready()
                 if not waiting:
                     return
-                running, far_behind = confirming[0], len(waiting) > 2 * MAX_WAITING
-                if running is not None and (running.done() or last or far_behind):
-                    running.result()  # raises what the network raised
-                    confirming[0] = None
-                if confirming[0] is None:
+                far_behind = len(waiting) > 2 * MAX_WAITING
+                if confirming is not None and (confirming.done() or last or far_behind):
+                    confirming.result()  # raises what the network raised
+                    confirming = None
+                if confirming is None:
                     force = last or len(waiting) > MAX_WAITING
-                    confirming[0] = scoring.submit(self.scorer.confirm_waiting, force)
+                    confirming = scoring.submit(self.scorer.confirm_waiting, force)
                 if last:
-                    confirming[0].result()  # forced: every image still waiting is confirmed
+                    confirming.result()  # forced: every image still waiting is confirmed
                     yield from ready()
                     if waiting:  # never lose rows silently
                         raise RuntimeError(f"{len(waiting)} batches' scores were never confirmed")

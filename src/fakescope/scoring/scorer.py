@@ -88,18 +88,17 @@ class _BitsClamp(nn.Module):
 
     def __init__(self, layer: nn.Module):
         super().__init__()
-        self.six = isinstance(layer, nn.ReLU6)
-        self.top = int(_bf16_bits(6.0)) if self.six else None
+        # the bits of 6.0 for a ReLU6; a ReLU has no top
+        six = torch.tensor(6.0, dtype=torch.bfloat16).view(torch.int16)
+        self.top = int(six) if isinstance(layer, nn.ReLU6) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.bfloat16:
-            return F.hardtanh(x, 0.0, 6.0, inplace=True) if self.six else F.relu(x, inplace=True)
+            if self.top is None:
+                return F.relu(x, inplace=True)
+            return F.hardtanh(x, 0.0, 6.0, inplace=True)
         x.view(torch.int16).clamp_(0, self.top)
         return x
-
-
-def _bf16_bits(v: float) -> torch.Tensor:
-    return torch.tensor(v, dtype=torch.bfloat16).view(torch.int16)
 
 
 class Scorer:
