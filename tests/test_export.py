@@ -648,6 +648,48 @@ def test_predict_keeps_two_batches_in_flight_and_torch_to_one_thread(run_copy, o
             assert torch.get_num_threads() == threads
 
 
+def test_throughput_times_an_export_as_predict_scores_it(run_copy, onnx_fp32, tmp_path):
+    """``Scorer.throughput``, the rate ``--runtime auto`` compares (the export's check) and
+    ``bench`` reports: with OpenVINO's two streams two batches are in flight at once (the two
+    timed calls below wait for each other, so timing one batch at a time fails), the images
+    near the threshold are confirmed by the end, and torch runs on one thread meanwhile."""
+    import threading
+
+    from PIL import Image
+
+    from fakescope.scoring.engines import confirming
+    from fakescope.scoring.export import _logit
+
+    run = load_run(run_copy)
+    fast = _openvino_of(onnx_fp32, tmp_path, batch=4)
+    files = sg_images("fake", n=8) + sg_images("real", n=8)
+    plain = Scorer(fast, run.spec, 4)
+    x = plain.tensors([Image.open(f).convert("RGB") for f in files])
+    z = plain.logits(x)
+    centre = float(z.median())
+    width = float((z - centre).abs().sort().values[5])  # six images near the threshold
+    band = {"centre": centre, "half_width": width,
+            "threshold": float(torch.sigmoid(torch.tensor(centre))),
+            "shift": centre - float(_logit(run.threshold))}  # fmt: skip
+    backend = confirming(fast, run, band)
+    both, calls, threads = threading.Barrier(2, timeout=120), [], torch.get_num_threads()
+    inner = fast.logits
+
+    def logits(batch):
+        calls.append(torch.get_num_threads())
+        if len(calls) in (2, 3):  # the first two timed calls, after the untimed one
+            both.wait()
+        return inner(batch)
+
+    fast.logits = logits
+    scorer = Scorer(backend, run.spec, 4)
+    assert scorer.concurrency == 2
+    rate = scorer.throughput([x[i : i + 4] for i in range(0, 16, 4)])
+    assert rate > 0 and len(calls) == 5
+    assert backend.waiting == 0 and backend.confirmed >= 6  # the warm-up's too
+    assert set(calls) == {1} and torch.get_num_threads() == threads
+
+
 def test_int8_that_misses_is_quantised_again_with_accuracy_control(run_copy, tmp_path, monkeypatch):
     """Where plain int8 fails the check (forced here), it is quantised again with quantile
     activation ranges, and where that fails too, NNCF's accuracy control returns the most

@@ -11,7 +11,7 @@ import multiprocessing
 import resource
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -80,19 +80,9 @@ def training_steps(
 
 
 def scoring_rate(scorer: Scorer, x: torch.Tensor, iters: int) -> float:
-    """Images per second of ``scorer`` on batch ``x`` (one warm-up batch first), with as many
-    calls in flight at once as its backend gains from (``concurrency``), as ``predict`` has."""
-    n = scorer.concurrency
-    x = scorer.as_input(x)  # the kind of batch predict hands this backend
-    scorer.score_tensors(x)
-    t = time.perf_counter()
-    if n == 1:
-        for _ in range(iters):
-            scorer.score_tensors(x)
-    else:
-        with ThreadPoolExecutor(n) as pool:
-            list(pool.map(lambda _: scorer.score_tensors(x), range(iters)))
-    return iters * len(x) / (time.perf_counter() - t)
+    """Images per second of ``scorer`` on batch ``x``, ``iters`` times (``Scorer.throughput``:
+    as ``predict`` scores, calls in flight at once where the backend gains from them)."""
+    return scorer.throughput([x] * iters)
 
 
 class _Eager:

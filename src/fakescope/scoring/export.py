@@ -72,6 +72,9 @@ CONFIRM_NEGLIGIBLE = 0.01
 # an export the network must confirm on more of the validation images than this is mostly
 # the network again: refused, rather than kept as a slower torch that hides a bad export
 CONFIRM_MAX_SHARE = 0.5
+# validation batches the check times each runtime on, held in memory as the backend takes
+# them (24 of 16 images at 299 px: 412 MB as floats, 103 MB as uint8 pixels)
+RATE_BATCHES = 24
 FINETUNE_STEPS = 300  # batches at most by default: one pass over the demo's 1,540 is 96
 # What the exported graph holds and how it is named (``_Graph``, ``_onnx``): raise it when that
 # changes, so that an int8 export never starts from a kept fp32 graph of the older kind
@@ -342,18 +345,18 @@ def _openvino_accuracy_control(
     _save_openvino(model, out, spec)
 
 
-def _timed_scores(backend, spec, loader) -> tuple[np.ndarray, np.ndarray, float]:
-    """(scores, labels, model-only img/s) of a backend over a loader."""
+def _scores_and_rate(backend, spec, loader) -> tuple[np.ndarray, np.ndarray, float]:
+    """(scores, labels, model-only img/s) of a backend over a loader; the rate over its first
+    ``RATE_BATCHES`` batches, held in memory, as predict scores them (``Scorer.throughput``)."""
     scorer = Scorer(backend, spec)
-    scores, labels, seconds, n = [], [], 0.0, 0
+    scores, labels, timed = [], [], []
     for x, y, _ in loader:
-        x = scorer.as_input(x)  # as predict hands it over, untimed
-        t = time.perf_counter()
+        x = scorer.as_input(x)
         scores.append(torch.sigmoid(scorer.logits(x)).numpy())
-        seconds += time.perf_counter() - t
         labels.append(y.numpy())
-        n += len(x)
-    return np.concatenate(scores), np.concatenate(labels).astype(int), n / max(seconds, 1e-9)
+        if len(timed) < RATE_BATCHES:
+            timed.append(x)
+    return np.concatenate(scores), np.concatenate(labels).astype(int), scorer.throughput(timed)
 
 
 def _first(loader, n: int) -> list:
@@ -409,16 +412,18 @@ def check(run: Run, model_file: Path, runtime: str, val_loader, confirm: dict | 
     backend = backend_of(runtime, model_file, batch=val_loader.batch_size)
     if confirm:
         backend = confirming(backend, run, confirm)
-    s, y, rate = _timed_scores(backend, run.spec, val_loader)
+    s, y, rate = _scores_and_rate(backend, run.spec, val_loader)
+    # of the scoring pass: the timed passes repeat the first batches
+    confirmed_share = backend.confirmed / max(backend.seen, 1) if confirm else None
     # the reference is the network as trained, in fp32: what the export must reproduce
     rt = select_runtime("cpu", precision="fp32")
-    ts, ty, trate = _timed_scores(TorchBackend(run.model, rt), run.spec, val_loader)
+    ts, ty, trate = _scores_and_rate(TorchBackend(run.model, rt), run.spec, val_loader)
     # `--runtime torch` as the run scores here (bf16 where the CPU has it): the speed `--runtime
     # auto` compares against, and the verdicts the export's threshold reproduces
     own = select_runtime("cpu", precision=run.spec.precision)
     verdicts = ts
     if own.amp_dtype is not None:
-        verdicts, _, trate = _timed_scores(TorchBackend(run.model, own), run.spec, val_loader)
+        verdicts, _, trate = _scores_and_rate(TorchBackend(run.model, own), run.spec, val_loader)
     torch_runtime = own.describe()
     auc, auc_torch = float(M.threshold_free(y, s)["auc"]), float(M.threshold_free(ty, ts)["auc"])
     thresholds = M.ideal_thresholds(y, s)  # the export's own optima, for the record
@@ -443,7 +448,7 @@ def check(run: Run, model_file: Path, runtime: str, val_loader, confirm: dict | 
         "f1_torch_at_its_threshold": M.at_threshold(ty, verdicts, run.threshold)["f1"],
         "verdicts_unlike_torch": unlike,  # at the export's threshold, of n
         "confirmation_band": confirmation_band(s, verdicts, agreement, run.threshold),
-        "confirmed_share": backend.confirmed / max(backend.seen, 1) if confirm else None,
+        "confirmed_share": confirmed_share,
         "img_per_s": rate,
         "torch_img_per_s": trate,
         "torch_runtime": torch_runtime,  # whose speed torch_img_per_s is, and whose verdicts

@@ -12,6 +12,9 @@ Runtime, OpenVINO) can replace ``TorchBackend`` without any caller changing.
 from __future__ import annotations
 
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Protocol
 
 import numpy as np
@@ -22,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..data.transforms import normalise, pixels_of, to_pixels
 from ..model.detector import inference_model
-from ..model.runtime import Runtime, select_runtime
+from ..model.runtime import Runtime, one_torch_thread, select_runtime
 from ..runs import ModelSpec, Run, load_run
 
 log = logging.getLogger(__name__)
@@ -206,6 +209,34 @@ class Scorer:
         confirm = getattr(self.backend, "confirm_waiting", None)
         if confirm is not None:
             confirm(force)
+
+    def throughput(self, batches: list[torch.Tensor]) -> float:
+        """Images per second over ``batches`` as ``predict`` scores them: ``concurrency`` calls
+        in flight at once, confirmations pooled (``score_later``), and torch on one thread
+        beside an export. The first batch is scored once first, untimed (the runtimes set up
+        their kernels on the first call). What ``--runtime auto`` compares and ``bench``
+        reports as model only: one batch at a time, an export with two streams and per-batch
+        confirmations looked slower than bf16 torch although it ran end to end 2.1x faster
+        (docs/benchmarks.md, session 33)."""
+        batches = [self.as_input(x) for x in batches]
+        if not batches:
+            return 0.0
+
+        def score(x):
+            later = self.score_later(x)
+            self.confirm_waiting()
+            return later
+
+        with one_torch_thread() if self.runtime is None else nullcontext():
+            score(batches[0])
+            self.confirm_waiting(force=True)
+            t = time.perf_counter()
+            with ThreadPoolExecutor(self.concurrency) as pool:
+                done = list(pool.map(score, batches))
+            self.confirm_waiting(force=True)
+            seconds = time.perf_counter() - t
+        assert all(later.ready for later in done)
+        return sum(len(x) for x in batches) / max(seconds, 1e-9)
 
     def score_images(self, images) -> np.ndarray:
         """P(fake) of PIL images taken as they are (no face stage)."""
