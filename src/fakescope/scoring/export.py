@@ -345,18 +345,19 @@ def _openvino_accuracy_control(
     _save_openvino(model, out, spec)
 
 
-def _scores_and_rate(backend, spec, loader) -> tuple[np.ndarray, np.ndarray, float]:
+def _scores_and_rate(backend, spec, loader, timed=True) -> tuple[np.ndarray, np.ndarray, float]:
     """(scores, labels, model-only img/s) of a backend over a loader; the rate over its first
-    ``RATE_BATCHES`` batches, held in memory, as predict scores them (``Scorer.throughput``)."""
+    ``RATE_BATCHES`` batches, held in memory, as predict scores them (``Scorer.throughput``),
+    where ``timed`` (else 0.0)."""
     scorer = Scorer(backend, spec)
-    scores, labels, timed = [], [], []
+    scores, labels, batches = [], [], []
     for x, y, _ in loader:
         x = scorer.as_input(x)
         scores.append(torch.sigmoid(scorer.logits(x)).numpy())
         labels.append(y.numpy())
-        if len(timed) < RATE_BATCHES:
-            timed.append(x)
-    return np.concatenate(scores), np.concatenate(labels).astype(int), scorer.throughput(timed)
+        if timed and len(batches) < RATE_BATCHES:
+            batches.append(x)
+    return np.concatenate(scores), np.concatenate(labels).astype(int), scorer.throughput(batches)
 
 
 def _first(loader, n: int) -> list:
@@ -417,12 +418,13 @@ def check(run: Run, model_file: Path, runtime: str, val_loader, confirm: dict | 
     confirmed_share = backend.confirmed / max(backend.seen, 1) if confirm else None
     # the reference is the network as trained, in fp32: what the export must reproduce
     rt = select_runtime("cpu", precision="fp32")
-    ts, ty, trate = _scores_and_rate(TorchBackend(run.model, rt), run.spec, val_loader)
     # `--runtime torch` as the run scores here (bf16 where the CPU has it): the speed `--runtime
     # auto` compares against, and the verdicts the export's threshold reproduces
     own = select_runtime("cpu", precision=run.spec.precision)
+    fp32 = own.amp_dtype is None
+    ts, ty, trate = _scores_and_rate(TorchBackend(run.model, rt), run.spec, val_loader, fp32)
     verdicts = ts
-    if own.amp_dtype is not None:
+    if not fp32:
         verdicts, _, trate = _scores_and_rate(TorchBackend(run.model, own), run.spec, val_loader)
     torch_runtime = own.describe()
     auc, auc_torch = float(M.threshold_free(y, s)["auc"]), float(M.threshold_free(ty, ts)["auc"])
