@@ -82,7 +82,7 @@ def training_steps(
 def scoring_rate(scorer: Scorer, x: torch.Tensor, iters: int) -> float:
     """Images per second of ``scorer`` on batch ``x``, ``iters`` times (``Scorer.throughput``:
     as ``predict`` scores, calls in flight at once where the backend gains from them)."""
-    return scorer.throughput([x] * iters)
+    return scorer.throughput([scorer.as_input(x)] * iters)  # converted once, not per batch
 
 
 class _Eager:

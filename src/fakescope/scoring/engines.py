@@ -186,7 +186,7 @@ class OpenVinoBackend:
     STREAMS = 2
     PART = 4  # images per request at most: see __init__
     # How many ``logits`` calls in flight at once pay off (``Predictor.predict`` and
-    # ``bench.scoring_rate`` use it): with full batches split across two streams (below), two
+    # ``Scorer.throughput`` use it): with full batches split across two streams (below), two
     # calls from two threads keep both streams busy while either waits for its other half.
     concurrency = 1
 
