@@ -390,6 +390,63 @@ def test_predict_pools_the_confirmations_and_scores_as_one_batch_at_a_time(
     assert part.done and torch.equal(part.z, pooled.logits(x))
 
 
+def test_the_last_confirmation_runs_on_every_core_with_the_same_logits(run_copy, onnx_fp32):
+    """Nothing runs beside a pipeline's last confirmation: ``predict`` splits its images across
+    the threads torch had before it cut them to one, each half on one thread, and the logits
+    are those of one call. Each call of the network waits at a barrier for the other thread's,
+    so halves run one after the other (or one thread doing it all) fail it."""
+    import threading
+
+    from fakescope.data.images import load_rgb
+    from fakescope.scoring.engines import confirming
+    from fakescope.scoring.export import _logit
+
+    run = load_run(run_copy)
+    files = sg_images("fake", n=4) + sg_images("real", n=4)
+    alone = backend_of("onnx", onnx_fp32.model_file)
+    plain = Scorer(alone, run.spec)
+    x = plain.tensors([load_rgb(f) for f in files])
+    z = plain.logits(x)
+    centre = float(z.median())
+    at = float(torch.sigmoid(torch.tensor(centre)))
+    band = {"centre": centre, "half_width": float((z - centre).abs().max()) + 1.0,
+            "threshold": at, "shift": centre - float(_logit(run.threshold))}  # fmt: skip
+    want = confirming(alone, run, band).logits(x)  # every image confirmed, in one call
+
+    def split_backend():
+        backend = confirming(alone, run, band)
+        backend.POOL = 100  # every image waits for the end
+        barrier, exact = threading.Barrier(2, timeout=60), backend.exact.logits
+        seen = []
+
+        def logits(xs):
+            seen.append((threading.current_thread().name, len(xs)))
+            barrier.wait()
+            return exact(xs)
+
+        backend.exact.logits = logits
+        return backend, seen
+
+    backend, seen = split_backend()
+    part = backend.logits_later(x)
+    backend.confirm_waiting(force=True, threads=2)
+    assert part.done and torch.equal(part.z, want)
+    assert len({name for name, _ in seen}) == 2 and sorted(n for _, n in seen) == [4, 4, 4, 4]
+
+    backend, seen = split_backend()
+    pred = Predictor(run, device="cpu", batch_size=4, faces="never", progress=False,
+                     scorer=Scorer(backend, run.spec, 4, at))  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two cores, whatever the test worker runs on
+    try:
+        rows = list(pred.predict(files))
+        assert torch.get_num_threads() == 2  # given back after the pipeline's one
+    finally:
+        torch.set_num_threads(threads)
+    assert [r.score for r in rows] == [round(float(s), 6) for s in torch.sigmoid(want)]
+    assert len({name for name, _ in seen}) == 2 and backend.confirmed == len(files)
+
+
 def test_predict_keeps_the_rows_of_a_batch_screened_after_a_confirmation_ended(
     run_copy, onnx_fp32, monkeypatch
 ):

@@ -244,6 +244,7 @@ class Predictor:
         pool = ThreadPoolExecutor(self.workers, "prepare") if self.workers else _Inline()
         inflight = self.scorer.concurrency if self.workers else 1
         scoring = ThreadPoolExecutor(inflight, "score") if inflight > 1 else _Inline()
+        cores = torch.get_num_threads() if self.workers else 1  # before worker_threads cuts it
         with pool, scoring, self.worker_threads(explain=explain_dir is not None):
             ahead, scored = deque(), deque()
             todo = iter(files)
@@ -289,7 +290,9 @@ class Predictor:
                     confirming = None
                 if confirming is None:
                     force = last or len(waiting) > MAX_WAITING
-                    confirming = scoring.submit(self.scorer.confirm_waiting, force)
+                    # the last runs alone: on every core, split by images
+                    threads = cores if last else 1
+                    confirming = scoring.submit(self.scorer.confirm_waiting, force, threads)
                 if last:
                     confirming.result()  # forced: every image still waiting is confirmed
                     yield from ready()

@@ -204,11 +204,12 @@ class Scorer:
         return Later([later(self.as_input(x[i : i + self.batch_size]))
                       for i in range(0, len(x), self.batch_size)])  # fmt: skip
 
-    def confirm_waiting(self, force: bool = False) -> None:
-        """Confirm what ``score_later`` left waiting, once enough waits (``force``: all now)."""
+    def confirm_waiting(self, force: bool = False, threads: int = 1) -> None:
+        """Confirm what ``score_later`` left waiting, once enough waits (``force``: all now),
+        the images split across ``threads`` threads (a pipeline's last, with nothing beside)."""
         confirm = getattr(self.backend, "confirm_waiting", None)
         if confirm is not None:
-            confirm(force)
+            confirm(force, threads)
 
     def throughput(self, batches: list[torch.Tensor]) -> float:
         """Images per second over ``batches`` as ``predict`` scores them: ``concurrency`` calls
@@ -227,13 +228,14 @@ class Scorer:
             self.confirm_waiting()
             return later
 
+        cores = torch.get_num_threads()  # the last confirmation's threads, as in ``predict``
         with one_torch_thread() if self.runtime is None else nullcontext():
             score(batches[0])
             self.confirm_waiting(force=True)
             t = time.perf_counter()
             with ThreadPoolExecutor(self.concurrency) as pool:
                 done = list(pool.map(score, batches))
-            self.confirm_waiting(force=True)
+            self.confirm_waiting(force=True, threads=cores)
             seconds = time.perf_counter() - t
         assert all(later.ready for later in done)
         return sum(len(x) for x in batches) / max(seconds, 1e-9)
