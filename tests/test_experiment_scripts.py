@@ -106,6 +106,34 @@ def test_pipeline_ceiling_prints_end_to_end_against_the_ceiling(tmp_path):
     assert "threads, " in out.splitlines()[0]  # the CPU beside the figures
 
 
+def test_pipeline_profile_times_every_stage_and_puts_the_stages_back(tmp_path):
+    """scripts/pipeline_profile.py on a tiny run: each stage of the face-stage pipeline gets
+    thread CPU time per image, the rest is what no stage accounts for, and the wrapped
+    functions are the originals again afterwards."""
+    import importlib.util
+
+    from fakescope.data import faces
+    from fakescope.scoring import predictor
+
+    from .conftest import SG
+    from .test_training_options import tiny_run
+
+    script = ROOT / "scripts" / "pipeline_profile.py"
+    spec = importlib.util.spec_from_file_location("pipeline_profile", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    before = (predictor.load_rgb, faces.QuickTightTest.tight_face)
+    run = tiny_run(tmp_path / "run")
+    r = mod.profile(str(run), str(SG), "auto", limit=8, reps=1, batch=4)
+    assert (predictor.load_rgb, faces.QuickTightTest.tight_face) == before
+    assert r["engine"] == "torch" and r["files"] == 8 and r["rate"] > 0 and r["cpu_ms"] > 0
+    for stage in ("decode", "face stage: quick test", "input tensors"):
+        cpu, wall, calls = r["stages"][stage]
+        assert 0 < cpu and 0 < wall  # timed
+    assert r["stages"]["decode"][2] == r["stages"]["face stage: quick test"][2] == 8  # per file
+    assert sum(v[0] for v in r["stages"].values()) < r["cpu_ms"]  # the network is the rest
+
+
 def test_runtime_agreement_counts_disagreements_near_and_away_from_thresholds():
     """scripts/runtime_agreement.py: a verdict differs when the two scores fall on different
     sides of their runtimes' own thresholds; it counts as near when either score lies within
