@@ -143,7 +143,7 @@ def test_openvino_int8_is_checked_and_calibrated(run_copy, onnx_fp32):
 
     band = art.info["confirm"]
     assert band is not None and c["verdicts_unlike_torch"] == 0
-    wider = max(1.5 * band["widest_difference"], band["widest_move"])
+    wider = max(1.5 * band["widest_difference"], band["widest_move"], abs(band["offset"]))
     assert band["half_width"] == (pytest.approx(wider) if wider >= 0.01 else 0)
     scorer = Scorer.of_run(run_copy, "cpu", runtime="openvino")
     assert scorer.engine == "openvino-int8"
@@ -278,9 +278,12 @@ def test_confirm_gives_the_networks_verdicts(run_copy, onnx_fp32, tmp_path):
     assert band["centre"] == pytest.approx(_logit(art.threshold))
     assert band["shift"] == pytest.approx(_logit(art.threshold) - _logit(run.threshold))
     assert band["widest_difference"] == 0 and c["verdicts_unlike_torch"] == 0
-    assert band["widest_move"] == pytest.approx(abs(band["shift"]), abs=1e-3)
+    # the same network: its logits are the export's moved by the thresholds' difference, which
+    # the export's logits as they are leave as their widest move, and a fitted line takes up
+    assert band["widest_move"] <= abs(band["shift"]) + 1e-3
     empty = abs(band["shift"]) < 0.01
-    assert band["half_width"] == (0 if empty else pytest.approx(band["widest_move"]))
+    wider = max(band["widest_move"], abs(band["offset"]))
+    assert band["half_width"] == (0 if empty else pytest.approx(wider))
     assert (c["confirmed_share"] == 0) if empty else (c["confirmed_share"] <= 0.5)
     assert ("unconfirmed" in c) != empty  # nothing to confirm: checked once
     scorer = Scorer.of_run(run, "cpu", runtime="onnx")
@@ -526,6 +529,48 @@ def test_the_band_covers_the_widest_move_not_only_the_widest_disagreement():
     # moves under 0.01 logits confirm nothing but ties: empty
     band = confirmation_band(sig(net + 0.004 * np.sign(net)), sig(net), 0.5, 0.5)
     assert band["half_width"] == 0 and 0 < band["widest_move"] < 0.01
+
+
+def test_the_band_reads_the_export_through_a_fitted_line_where_that_confirms_fewer():
+    """int8 moves logits roughly in proportion to their size: read through the line fitted to
+    the network's logits, the export's logits leave a narrower band, which still holds every
+    image whose verdict moved, and the confirming backend confirms exactly the images whose
+    line values lie in it."""
+    from scipy.special import expit as sig
+
+    from fakescope.scoring.engines import ConfirmingBackend
+    from fakescope.scoring.export import confirmation_band
+
+    rng = np.random.default_rng(0)
+    net = rng.normal(0, 3, 400).clip(-8, 8)  # none saturated
+    export = 0.8 * net - 0.2 + rng.normal(0, 0.1, 400)  # shrunk and shifted, a little noise
+    band = confirmation_band(sig(export), sig(net), 0.5, 0.5)
+    plain = _identity(export, net)
+    assert band["gain"] == pytest.approx(1.25, abs=0.05)
+    assert band["offset"] == pytest.approx(0.25, abs=0.05)
+    assert band["half_width"] < 0.6 and band["val_share_within"] < plain["val_share_within"] / 3
+    m = band["gain"] * export + band["offset"]
+    assert band["widest_move"] == pytest.approx(np.abs(m - net).max())
+    unlike = (export >= 0) != (net >= 0)
+    assert unlike.any() and (np.abs(m[unlike]) <= band["half_width"]).all()
+    backend = ConfirmingBackend(None, None, {**band, "threshold": 0.5}, None, 0.5)
+    near = (export >= backend.low) & (export <= backend.high)
+    assert near.sum() == round(band["val_share_within"] * 400) and near[unlike].all()
+    # moves that are only noise: no line reads them better than the logits as they are
+    noise = net + rng.normal(0, 0.3, 400)
+    band = confirmation_band(sig(noise), sig(net), 0.5, 0.5)
+    assert (band["gain"], band["offset"]) == (1.0, 0.0) or band["val_share_within"] <= (
+        _identity(noise, net)["val_share_within"]
+    )
+
+
+def _identity(export, net) -> dict:
+    """The band of the export's logits as they are (the line 1, 0), as the check measures it."""
+    moved = np.abs(export - net).max()
+    unlike = (export >= 0) != (net >= 0)
+    widest = np.abs(export[unlike]).max() if unlike.any() else 0.0
+    width = max(1.5 * widest, moved)
+    return {"half_width": width, "val_share_within": float((np.abs(export) <= width).mean())}
 
 
 def _quantisers_after_classifier(xml) -> list[str]:

@@ -266,9 +266,10 @@ class OpenVinoBackend:
 
 class ConfirmingBackend:
     """An export whose verdicts near the threshold the run's own network confirms: the export
-    scores every image, and those whose logit lies within ``band`` of the export's threshold
-    (in logits) are scored again by ``exact`` (a ``TorchBackend``), whose logit, moved by the
-    two thresholds' difference and kept within the band, replaces the export's. Outside the
+    scores every image, and those whose logit lies in ``band`` around the export's threshold
+    (an interval of logits, ``export.confirmation_band``) are scored again by ``exact`` (a
+    ``TorchBackend``), whose logit, moved by the two thresholds' difference and kept within
+    the band, replaces the export's. Outside the
     band the export moved no validation logit far enough to change its verdict
     (``export.confirmation_band``), so the verdicts are the network's throughout at the cost
     of scoring a few images twice. int8 moves single logits by ~0.5, unevenly between the
@@ -289,6 +290,12 @@ class ConfirmingBackend:
     def __init__(self, fast, exact, band: dict, spec, network_threshold: float):
         self.fast, self.exact, self.spec = fast, exact, spec
         self.centre, self.width = float(band["centre"]), float(band["half_width"])
+        # the export's logits are read through the check's line (export.confirmation_band;
+        # bands of older exports have none: the logits as they are), so the band is the
+        # interval of the export's logits whose line values lie within ``width`` of 0
+        gain, offset = float(band.get("gain", 1.0)), float(band.get("offset", 0.0))
+        self.low = self.centre + (-self.width - offset) / gain
+        self.high = self.centre + (self.width - offset) / gain
         self.shift = float(band["shift"])  # the export's threshold logit minus the network's
         self.network_threshold = float(network_threshold)
         self.fake_from, self.real_to = _logits_beside(float(band["threshold"]), self.centre)
@@ -336,7 +343,7 @@ class ConfirmingBackend:
 
     def _screen(self, x: torch.Tensor) -> Screened:
         z = self.fast.logits(x)
-        near = (z - self.centre).abs() <= self.width
+        near = (z >= self.low) & (z <= self.high)
         with self._lock:
             self.seen += len(z)
         return Screened(z, near, x[near] if near.any() else None)
@@ -360,7 +367,7 @@ class ConfirmingBackend:
             ze = self._network_logits(xe)
         # kept inside the band: the network decides the verdict and the order within it,
         # the export the order around it, so no score jumps past one it did not rank
-        moved = (ze + self.shift).clamp(self.centre - self.width, self.centre + self.width)
+        moved = (ze + self.shift).clamp(self.low, self.high)
         # and on its own side of the export's threshold after rounding: an image the
         # network scores at its threshold exactly (the run's threshold is one validation
         # image's score) must not fall below the export's by a float32 step
