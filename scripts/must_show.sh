@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 12's must-shows 1-3 on this machine in one go (docs/benchmarks.md: the AVX2-only EPYC's
 # figures in sessions 24, 28 and 29, the AVX-512 EPYC's in sessions 30-32, a Zen 5 EPYC's in
-# session 33 and AMX Xeons' in sessions 34 and 36):
+# session 33 and AMX Xeons' in sessions 34, 36 and 37):
 #   1. the OpenVINO int8 export as `export` makes it by default (fine-tuned, confirmed);
 #   2. its test-split AUC, F1 and verdicts against --runtime torch through evaluate, predict
 #      and serve (scripts/runtime_agreement.py);
