@@ -988,3 +988,20 @@ def test_serve_answers_with_the_export_as_predict_does(run_copy, onnx_fp32, tmp_
     for row in pred.predict(files):
         got = served[os.path.basename(row.path)]
         assert got["score"] == pytest.approx(row.score, abs=1e-5) and got["verdict"] == row.verdict
+
+
+def test_an_uneven_band_says_how_far_it_reaches_each_way():
+    """A band read through a line reaches unevenly below and above the export's threshold, and
+    its description says so; one without a line (an older export's) is as it was."""
+    from fakescope.scoring.engines import band_reach, describe_reach
+
+    even = {"half_width": 0.81}
+    assert band_reach(even) == (0.81, 0.81)
+    assert describe_reach(even) == "within 0.81 logits of"
+    uneven = {"half_width": 1.256, "gain": 1.048, "offset": 0.171}
+    below, above = band_reach(uneven)
+    assert below == pytest.approx(1.3616, abs=1e-4) and above == pytest.approx(1.0353, abs=1e-4)
+    # the line values at the two ends are the half-width, on either side
+    assert 1.048 * -below + 0.171 == pytest.approx(-1.256)
+    assert 1.048 * above + 0.171 == pytest.approx(1.256)
+    assert describe_reach(uneven) == "from 1.36 logits below to 1.04 above"

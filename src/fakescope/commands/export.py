@@ -76,6 +76,7 @@ def _add_export(sub):
 
 
 def cmd_export(a) -> int:
+    from ..scoring.engines import describe_reach
     from ..scoring.export import export_run
 
     art = export_run(
@@ -106,8 +107,8 @@ def cmd_export(a) -> int:
     band = art.confirmation
     if band:
         print(
-            f"  the network confirms verdicts within {band['half_width']:.3f} logits of the "
-            f"threshold: {100 * c['confirmed_share']:.1f} % of the validation images; "
+            f"  the network confirms verdicts {describe_reach(band)} the threshold: "
+            f"{100 * c['confirmed_share']:.1f} % of the validation images; "
             f"verdicts unlike torch's there: {c['verdicts_unlike_torch']} of {c['n']}"
         )
     else:

@@ -69,8 +69,8 @@ class Artifact:
     def describe(self) -> str:
         c, band = self.info["check"], self.confirmation
         confirmed = (
-            f"; the run's network confirms the verdicts within {band['half_width']:.2f} logits "
-            f"of its threshold, {100 * c['confirmed_share']:.0f} % of those images"
+            f"; the run's network confirms the verdicts {describe_reach(band)} its threshold, "
+            f"{100 * c['confirmed_share']:.0f} % of those images"
             if band
             else ""
         )
@@ -78,6 +78,15 @@ class Artifact:
             f"{self.name} (checked on {c['n']} {c['split']} images: AUC {c['auc']:.4f} against "
             f"torch's {c['auc_torch']:.4f}; {c['img_per_s']:.0f} img/s at export{confirmed})"
         )
+
+
+def describe_reach(band: dict) -> str:
+    """Where a band reaches, in words: within 0.81 logits of (a threshold), or from 1.36
+    logits below to 1.04 above where the band's line makes it uneven."""
+    below, above = band_reach(band)
+    if abs(below - above) < 0.005:
+        return f"within {below:.2f} logits of"
+    return f"from {below:.2f} logits below to {above:.2f} above"
 
 
 def artifacts(run: Run) -> list[Artifact]:
@@ -290,12 +299,8 @@ class ConfirmingBackend:
     def __init__(self, fast, exact, band: dict, spec, network_threshold: float):
         self.fast, self.exact, self.spec = fast, exact, spec
         self.centre, self.width = float(band["centre"]), float(band["half_width"])
-        # the export's logits are read through the check's line (export.confirmation_band;
-        # bands of older exports have none: the logits as they are), so the band is the
-        # interval of the export's logits whose line values lie within ``width`` of 0
-        gain, offset = float(band.get("gain", 1.0)), float(band.get("offset", 0.0))
-        self.low = self.centre + (-self.width - offset) / gain
-        self.high = self.centre + (self.width - offset) / gain
+        below, above = band_reach(band)
+        self.low, self.high = self.centre - below, self.centre + above
         self.shift = float(band["shift"])  # the export's threshold logit minus the network's
         self.network_threshold = float(network_threshold)
         self.fake_from, self.real_to = _logits_beside(float(band["threshold"]), self.centre)
@@ -387,6 +392,16 @@ class ConfirmingBackend:
         if self.spec.tta:
             z = (z + self.exact.logits(torch.flip(x, dims=[3]))) / 2
         return z
+
+
+def band_reach(band: dict) -> tuple[float, float]:
+    """How far below and above the export's threshold (in its logits) a band reaches. The
+    check reads the export's logits through a line (``export.confirmation_band``; bands of
+    older exports have none: the logits as they are), and the band holds the logits whose
+    line values lie within ``half_width`` of 0."""
+    width = float(band["half_width"])
+    gain, offset = float(band.get("gain", 1.0)), float(band.get("offset", 0.0))
+    return (width + offset) / gain, (width - offset) / gain
 
 
 @dataclass
