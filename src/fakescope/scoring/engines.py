@@ -276,11 +276,10 @@ class OpenVinoBackend:
 class ConfirmingBackend:
     """An export whose verdicts near the threshold the run's own network confirms: the export
     scores every image, and those whose logit lies in ``band`` around the export's threshold
-    (an interval of logits, ``export.confirmation_band``) are scored again by ``exact`` (a
-    ``TorchBackend``), whose logit, moved by the two thresholds' difference and kept within
-    the band, replaces the export's. Outside the
-    band the export moved no validation logit far enough to change its verdict
-    (``export.confirmation_band``), so the verdicts are the network's throughout at the cost
+    (an interval of logits, ``band_reach``) are scored again by ``exact`` (a ``TorchBackend``),
+    whose logit, moved by the two thresholds' difference and kept within the band, replaces the
+    export's. Outside the band the export moved no validation logit far enough to change its
+    verdict (``export.confirmation_band``), so the verdicts are the network's throughout at the cost
     of scoring a few images twice. int8 moves single logits by ~0.5, unevenly between the
     classes (docs/benchmarks.md, session 24): no threshold absorbs that.
 
@@ -298,7 +297,7 @@ class ConfirmingBackend:
 
     def __init__(self, fast, exact, band: dict, spec, network_threshold: float):
         self.fast, self.exact, self.spec = fast, exact, spec
-        self.centre, self.width = float(band["centre"]), float(band["half_width"])
+        self.centre = float(band["centre"])
         below, above = band_reach(band)
         self.low, self.high = self.centre - below, self.centre + above
         self.shift = float(band["shift"])  # the export's threshold logit minus the network's
